@@ -1,0 +1,3 @@
+from swiftlite.cli import entry
+
+entry()

@@ -1,0 +1,7 @@
+"""`mm deploy` (being written).
+
+placeholder
+"""
+
+def deploy() -> None:
+    raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Generation: per-row sampling, stop words and streaming on top of transformers' generate."""

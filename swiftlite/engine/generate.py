@@ -1,0 +1,267 @@
+"""One call of transformers' `generate` over a left-padded batch, with per-row settings.
+
+`generate` applies one GenerationConfig to the whole batch, but requests in a batch differ: one wants
+greedy decoding, another temperature 0.7 with its own seed, another stops at "Observation:". So we run
+`generate` greedily with no processors of its own and do the per-row work ourselves:
+
+- `RowSampler` (a logits processor) applies each row's repetition penalty, temperature, top-k and top-p,
+  draws the row's token from the row's own torch.Generator, and leaves only that token's logit finite, so
+  the greedy step picks it. It also records log-probabilities when asked.
+- `RowTracker` (a streamer) receives each step's tokens, decodes each row incrementally, cuts at stop
+  token ids and stop strings, enforces each row's max_new_tokens, honours cancellation (a client that
+  went away), and reports text deltas as they appear.
+- `RowStopper` (a stopping criterion) tells `generate` which rows are finished; it ends when all are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    do_sample: bool | None = None  # None: sample when temperature > 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def sampling(self) -> bool:
+        if self.temperature is not None and self.temperature <= 0:
+            return False  # temperature 0 means greedy, as in the OpenAI API and ms-swift
+        return bool(self.do_sample) if self.do_sample is not None else True
+
+    @classmethod
+    def from_generation_config(cls, generation_config, **overrides) -> "SamplingParams":
+        """Defaults from the checkpoint's generation_config.json, then the user's flags (None = keep)."""
+        params = cls()
+        if generation_config is not None:
+            for name in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "do_sample"):
+                value = getattr(generation_config, name, None)
+                if value is not None:
+                    setattr(params, name, value)
+            if getattr(generation_config, "do_sample", None) is False:
+                params.temperature = 0.0
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(params, name, value)
+        if overrides.get("do_sample") is True and params.temperature == 0:
+            params.temperature = 1.0
+        return params
+
+
+@dataclass
+class RowResult:
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # "stop", "length" or "cancelled"
+    prompt_tokens: int = 0
+    logprobs: list[dict] = field(default_factory=list)  # per token: {"token_id", "logprob", "top": [(id, lp)]}
+
+
+class RowSampler:
+    def __init__(self, params: list[SamplingParams], device):
+        import torch
+
+        self.params = params
+        self.generators = []
+        for p in params:
+            generator = None
+            if p.sampling:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            self.generators.append(generator)
+        self.step_logprobs: list[list[dict]] = [[] for _ in params]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores.float()
+        chosen_scores = torch.full_like(scores, float("-inf"))
+        for row, p in enumerate(self.params):
+            logits = scores[row]
+            if p.repetition_penalty and p.repetition_penalty != 1.0:
+                seen = torch.unique(input_ids[row])
+                values = logits[seen]
+                logits = logits.clone()
+                logits[seen] = torch.where(values < 0, values * p.repetition_penalty, values / p.repetition_penalty)
+            if p.sampling:
+                logits = logits / max(p.temperature, 1e-5)
+                if p.top_k and p.top_k > 0:
+                    kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if p.top_p is not None and p.top_p < 1.0:
+                    sorted_logits, order = torch.sort(logits, descending=True)
+                    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+                    drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep at least one
+                    logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+                token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generators[row]).item())
+            else:
+                token = int(torch.argmax(logits).item())
+            if p.logprobs:
+                log_probs = torch.log_softmax(logits, dim=-1)
+                top = torch.topk(log_probs, max(p.top_logprobs, 0)) if p.top_logprobs else None
+                self.step_logprobs[row].append({
+                    "token_id": token,
+                    "logprob": float(log_probs[token]),
+                    "top": list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [],
+                })
+            chosen_scores[row, token] = 0.0
+        return chosen_scores
+
+
+class RowTracker:
+    """A transformers streamer: receives every step's tokens and keeps each row's text and state."""
+
+    def __init__(self, tokenizer, params: list[SamplingParams], prompt_lengths: list[int],
+                 on_delta: Callable[[int, str], None] | None, cancelled: Callable[[int], bool] | None):
+        self.tokenizer = tokenizer
+        self.params = params
+        self.results = [RowResult(prompt_tokens=n) for n in prompt_lengths]
+        self.on_delta = on_delta
+        self.cancelled = cancelled
+        self.seen_prompt = False
+        self.emitted = [0] * len(params)  # characters of each row's text already reported
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:  # generate() first hands over the prompt
+            self.seen_prompt = True
+            return
+        tokens = value.tolist() if hasattr(value, "tolist") else list(value)
+        if not isinstance(tokens, list):
+            tokens = [tokens]
+        for row, token in enumerate(tokens):
+            self._step(row, int(token))
+
+    def _step(self, row: int, token: int) -> None:
+        result, params = self.results[row], self.params[row]
+        if result.finish_reason is not None:
+            return
+        if self.cancelled is not None and self.cancelled(row):
+            result.finish_reason = "cancelled"
+            return
+        if token in params.stop_token_ids:
+            result.finish_reason = "stop"
+            self._emit(row, final=True)
+            return
+        result.token_ids.append(token)
+        result.text = self.tokenizer.decode(result.token_ids, skip_special_tokens=False)
+        for word in params.stop:
+            position = result.text.find(word, max(0, self.emitted[row] - len(word)))
+            if word and position >= 0:
+                result.text = result.text[:position]
+                result.finish_reason = "stop"
+                self._emit(row, final=True)
+                return
+        if len(result.token_ids) >= params.max_new_tokens:
+            result.finish_reason = "length"
+            self._emit(row, final=True)
+            return
+        self._emit(row, final=False)
+
+    def _emit(self, row: int, final: bool) -> None:
+        text = self.results[row].text
+        # Hold back a possible beginning of a stop word, and incomplete UTF-8 (shown as U+FFFD).
+        safe = len(text)
+        if not final:
+            if text.endswith("\ufffd"):
+                safe = len(text.rstrip("\ufffd"))
+            for word in self.params[row].stop:
+                for size in range(min(len(word) - 1, len(text)), 0, -1):
+                    if text.endswith(word[:size]):
+                        safe = min(safe, len(text) - size)
+                        break
+        if safe > self.emitted[row]:
+            delta = text[self.emitted[row]:safe]
+            self.emitted[row] = safe
+            if self.on_delta is not None:
+                self.on_delta(row, delta)
+
+    def end(self) -> None:
+        for row, result in enumerate(self.results):
+            if result.finish_reason is None:
+                result.finish_reason = "length"
+            self._emit(row, final=True)
+
+    def finished(self) -> list[bool]:
+        return [r.finish_reason is not None for r in self.results]
+
+
+class RowStopper:
+    def __init__(self, tracker: RowTracker):
+        self.tracker = tracker
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        # Cancellation is checked here too so an abandoned row stops even before its next token arrives.
+        if self.tracker.cancelled is not None:
+            for row, result in enumerate(self.tracker.results):
+                if result.finish_reason is None and self.tracker.cancelled(row):
+                    result.finish_reason = "cancelled"
+        return torch.tensor(self.tracker.finished(), dtype=torch.bool, device=input_ids.device)
+
+
+def model_device(model):
+    import torch
+
+    try:
+        return next(p.device for p in model.parameters() if p.device.type != "meta")
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def move_batch(batch: dict, model) -> dict:
+    """Tensors to the model's (first) device; floating media tensors to the model's dtype."""
+    device = model_device(model)
+    dtype = getattr(model, "dtype", None)
+    moved = {}
+    for key, value in batch.items():
+        if hasattr(value, "to"):
+            value = value.to(device)
+            if value.is_floating_point() and dtype is not None:
+                value = value.to(dtype)
+        moved[key] = value
+    return moved
+
+
+def generate(model, template, rows: list[dict], params: list[SamplingParams],
+             on_delta: Callable[[int, str], None] | None = None,
+             cancelled: Callable[[int], bool] | None = None,
+             adapter_names: list[str] | None = None) -> list[RowResult]:
+    """Generate for encoded rows (template.encode outputs) with per-row settings; returns one result per row."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    stop_ids = template.stop_token_ids(getattr(model, "generation_config", None))
+    for p in params:
+        p.stop_token_ids = sorted(set(p.stop_token_ids) | set(stop_ids))
+    batch = template.collate(rows, padding_side="left")
+    batch.pop("labels", None)
+    batch = move_batch(batch, model)
+    prompt_lengths = [len(row["input_ids"]) for row in rows]
+    tracker = RowTracker(template.tokenizer, params, prompt_lengths, on_delta, cancelled)
+    sampler = RowSampler(params, batch["input_ids"].device)
+    config = GenerationConfig(
+        max_new_tokens=max(p.max_new_tokens for p in params), do_sample=False, num_beams=1,
+        pad_token_id=template.pad_token_id, eos_token_id=None, bos_token_id=None,
+    )
+    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    with torch.inference_mode():
+        model.generate(
+            **batch, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
+            stopping_criteria=StoppingCriteriaList([RowStopper(tracker)]), streamer=tracker, **extra,
+        )
+    tracker.end()
+    for row, result in enumerate(tracker.results):
+        if params[row].logprobs:
+            result.logprobs = sampler.step_logprobs[row][: len(result.token_ids)]
+    return tracker.results

@@ -1,0 +1,7 @@
+"""`mm export` (being written).
+
+placeholder
+"""
+
+def export() -> None:
+    raise NotImplementedError

@@ -1,0 +1,7 @@
+"""`mm infer` (being written).
+
+placeholder
+"""
+
+def infer() -> None:
+    raise NotImplementedError

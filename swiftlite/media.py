@@ -1,0 +1,532 @@
+"""Loading images and audio from whatever a dataset row or a chat request hands us.
+
+A media "source" can be a local path, a ``file://`` URL, an ``http(s)://`` URL, a
+``data:`` URL, a bare base64 string, raw bytes, or an already-decoded object (a PIL
+image, a numpy waveform). Everything funnels through :func:`read_media_bytes`, which
+applies one :class:`MediaPolicy` (what the server may read and fetch), and then
+through a decoder. Every user-facing problem is raised as :class:`MediaError` with a
+message that says what went wrong and which source it was (shortened, so a 5 MB
+base64 payload never ends up in a log line or an HTTP error body).
+
+The module also holds the small text helpers that turn the different prompt
+conventions (Qwen-VL ``<img>..</img>`` tags, rtp-llm ``<img/>`` placeholders, OpenAI
+content parts) into one form: text with ``<image>`` / ``<audio>`` placeholders plus
+ordered lists of sources.
+
+Only stdlib, PIL and numpy are imported at module level so that ``mm --help`` stays
+fast; the fetcher imports ``urllib.request`` lazily and ``soundfile`` is optional.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import mimetypes
+import os
+import re
+import time
+import wave
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+IMAGE_PLACEHOLDER = "<image>"
+AUDIO_PLACEHOLDER = "<audio>"
+
+
+class MediaError(ValueError):
+    """A user's media problem: message names the problem and the source (truncated to ~80 chars)."""
+
+
+@dataclass
+class MediaPolicy:
+    """What :func:`read_media_bytes` may read. The defaults suit training (trusted data);
+    the server tightens them for requests coming from the network."""
+
+    allowed_local_dir: str | None = None  # None with allow_local=True means any local path allowed
+    allow_local: bool = True  # server sets False unless --allowed_local_media_path given
+    allow_urls: bool = True  # --media_fetch false sets False
+    fetch_timeout: float = 10.0  # seconds, connect+read
+    max_bytes: int = 20 * 1024 * 1024  # cap on a fetched/decoded media payload
+    base_dir: str | None = None  # relative local paths resolve against this (dataset file's dir)
+
+
+def short(source, limit: int = 60) -> str:
+    """A short printable description of a source for error messages."""
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.width}x{source.height}>"
+    if isinstance(source, np.ndarray):
+        return f"<array shape={tuple(source.shape)}>"
+    text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
+    # Newlines inside multi-line base64 would break a one-line log message.
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > limit:
+        # Keep the head (scheme, directory) and the tail (file name): for a long path the
+        # file name is the part the user needs to see. A base64 tail is harmless noise.
+        tail = limit // 3
+        return text[: limit - tail] + "..." + text[-tail:]
+    return text
+
+
+# --------------------------------------------------------------------------- resolving sources
+
+# A scheme needs at least two letters so that a Windows drive ("C://x") is not a scheme.
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
+# Standard and URL-safe base64 alphabets, with padding and line breaks.
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
+_BASE64_MIN_LEN = 64  # shorter strings are far more likely to be (missing) file names
+
+
+def _looks_like_base64(text: str) -> bool:
+    return len(text) > _BASE64_MIN_LEN and _BASE64_RE.match(text) is not None
+
+
+def _too_big(kind: str, source, limit: int) -> MediaError:
+    return MediaError(f"{kind} payload from {short(source)} is larger than the {limit} byte limit (max_bytes)")
+
+
+def _decode_base64(payload: str, source, policy: MediaPolicy, kind: str) -> bytes:
+    payload = "".join(payload.split())  # base64 is often wrapped at 76 columns
+    # Check the size before decoding so an oversized payload costs no extra memory.
+    if len(payload) * 3 // 4 > policy.max_bytes:
+        raise _too_big(kind, source, policy.max_bytes)
+    # Accept URL-safe base64 and missing padding; both show up in hand-written requests.
+    payload = payload.replace("-", "+").replace("_", "/")
+    payload += "=" * (-len(payload) % 4)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MediaError(f"cannot decode {kind} from {short(source)}: invalid base64 ({e})") from None
+    if len(data) > policy.max_bytes:
+        raise _too_big(kind, source, policy.max_bytes)
+    return data
+
+
+def _read_data_url(url: str, policy: MediaPolicy, kind: str) -> bytes:
+    # data:[<mediatype>][;base64],<payload>
+    header, sep, payload = url[len("data:"):].partition(",")
+    if not sep:
+        raise MediaError(f"malformed {kind} data URL (no ',' after the header): {short(url)}")
+    if header.split(";")[-1].strip().lower() == "base64":
+        return _decode_base64(payload, url, policy, kind)
+    import urllib.parse
+
+    data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > policy.max_bytes:
+        raise _too_big(kind, url, policy.max_bytes)
+    return data
+
+
+def _read_local_file(path: str, source, policy: MediaPolicy, kind: str) -> bytes:
+    if not policy.allow_local:
+        raise MediaError(
+            f"local {kind} files are refused: {short(source)}; start the server with "
+            f"--allowed_local_media_path DIR to allow reading files under DIR"
+        )
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and policy.base_dir is not None:
+        path = os.path.join(policy.base_dir, path)
+    # realpath resolves symlinks and "..", so neither can be used to escape the allowed directory.
+    real = os.path.realpath(path)
+    if policy.allowed_local_dir is not None:
+        root = os.path.realpath(policy.allowed_local_dir)
+        if os.path.commonpath([real, root]) != root:
+            # Deliberately checked before existence, so outside paths give no "exists?" oracle.
+            raise MediaError(
+                f"local {kind} path {short(source)} is outside the directory allowed by --allowed_local_media_path"
+            )
+    if not os.path.isfile(real):
+        raise MediaError(f"{kind} file not found: {short(path)}")
+    # No max_bytes cap here: local files are the operator's own data (e.g. long training audio).
+    try:
+        with open(real, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise MediaError(f"cannot read {kind} file {short(path)}: {e.strerror or e}") from None
+
+
+def _file_url_to_path(url: str) -> str:
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.unquote(parts.path)
+    # "file://a.png" is a common mistake for a relative path: the file name lands in netloc.
+    # Being lenient here costs nothing, since the policy checks still apply to the result.
+    if parts.netloc and parts.netloc != "localhost":
+        return urllib.parse.unquote(parts.netloc) + path
+    return urllib.request.url2pathname(path)
+
+
+def _fetch_url(url: str, policy: MediaPolicy, kind: str) -> bytes:
+    if not policy.allow_urls:
+        raise MediaError(f"fetching {kind} URLs is disabled on this server (--media_fetch false): {short(url)}")
+    # Imported here so importing swiftlite (and `mm --help`) does not pay for the HTTP stack.
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    def failed(reason) -> MediaError:
+        return MediaError(f"cannot fetch {kind} URL {short(url)}: {reason}")
+
+    timeout = policy.fetch_timeout
+    # urlopen's timeout applies to each socket operation; the deadline also bounds a slow drip.
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"User-Agent": "swiftlite-media/1"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > policy.max_bytes:
+                raise _too_big(kind, url, policy.max_bytes)
+            data = bytearray()
+            while True:
+                chunk = response.read(64 * 1024)
+                if not chunk:
+                    break
+                data += chunk
+                # Stop as soon as we are over the cap; never buffer an unbounded body.
+                if len(data) > policy.max_bytes:
+                    raise _too_big(kind, url, policy.max_bytes)
+                if time.monotonic() > deadline:
+                    raise failed(f"timed out after {timeout:g}s")
+            return bytes(data)
+    except urllib.error.HTTPError as e:
+        e.close()  # an HTTPError holds the open response; don't leave the socket to the GC
+        raise failed(f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):  # socket.timeout is TimeoutError on 3.10+
+            raise failed(f"timed out after {timeout:g}s") from None
+        reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
+        raise failed(reason) from None
+    except TimeoutError:
+        raise failed(f"timed out after {timeout:g}s") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        # MediaError is a ValueError: re-raise ours untouched (size and deadline errors above).
+        if isinstance(e, MediaError):
+            raise
+        raise failed(f"{type(e).__name__}: {e}") from None
+
+
+def read_media_bytes(source: str, policy: MediaPolicy, kind: str = "image") -> bytes:
+    """Resolve a media source string to its raw bytes, applying ``policy``.
+
+    Order: data URL, ``scheme://`` URL (file/http/https; anything else is refused),
+    then bare base64 (a long base64-looking string that is not an existing file), then
+    a local path.
+    """
+    if policy is None:
+        policy = MediaPolicy()
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) > policy.max_bytes:
+            raise _too_big(kind, source, policy.max_bytes)
+        return bytes(source)
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise MediaError(f"unsupported {kind} source type {type(source).__name__}: {short(source)}")
+    text = source.strip()
+    if not text:
+        raise MediaError(f"empty {kind} source")
+
+    if text[:5].lower() == "data:":
+        return _read_data_url(text, policy, kind)
+
+    match = _SCHEME_RE.match(text)
+    if match:
+        scheme = match.group(1).lower()
+        if scheme in ("http", "https"):
+            return _fetch_url(text, policy, kind)
+        if scheme == "file":
+            return _read_local_file(_file_url_to_path(text), text, policy, kind)
+        raise MediaError(f"unsupported {kind} source scheme '{scheme}': {short(text)}")
+
+    if _looks_like_base64(text):
+        # When local files are refused there is no need to ask the filesystem first.
+        if not policy.allow_local:
+            return _decode_base64(text, text, policy, kind)
+        path = os.path.expanduser(text)
+        if not os.path.isabs(path) and policy.base_dir is not None:
+            path = os.path.join(policy.base_dir, path)
+        if not os.path.isfile(path):
+            return _decode_base64(text, text, policy, kind)
+
+    return _read_local_file(text, text, policy, kind)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def load_image(source, policy: MediaPolicy | None = None) -> Image.Image:
+    """Load any supported image source into a fully-loaded RGB PIL image."""
+    if policy is None:
+        policy = MediaPolicy()
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, dict):
+            # Hugging Face `datasets` Image features arrive as {"bytes": ..., "path": ...}.
+            data_or_path = source.get("bytes") or source.get("path")
+            if data_or_path is None:
+                raise MediaError(f"image dict needs a 'bytes' or 'path' entry, got keys {sorted(source)}")
+            source = data_or_path
+        data = read_media_bytes(source, policy, "image")
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()  # decode now, so a truncated file fails here and not deep inside a processor
+        except Exception as e:
+            # Decoders for untrusted bytes raise all sorts of things (OSError, SyntaxError,
+            # struct.error, DecompressionBombError...); every one of them means "bad image".
+            raise MediaError(f"cannot decode image from {short(source)}: {e}") from None
+    try:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image.load()
+    except Exception as e:
+        raise MediaError(f"cannot decode image from {short(source)}: {e}") from None
+    return image
+
+
+def limit_image_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Downscale (keeping aspect ratio) so that width * height <= max_pixels."""
+    if not max_pixels or max_pixels <= 0:
+        return image
+    width, height = image.size
+    if width * height <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / (width * height))
+    new_width = max(1, int(width * scale))
+    new_height = max(1, int(height * scale))
+    # Float rounding or the max(1, ...) floor can overshoot by a hair; trim the longer side.
+    if new_width * new_height > max_pixels:
+        if new_width >= new_height:
+            new_width = max(1, max_pixels // new_height)
+        else:
+            new_height = max(1, max_pixels // new_width)
+    return image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+
+
+def encode_file_base64(path) -> str:
+    """Raw file bytes as a base64 string (what clients put into requests)."""
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode("ascii")
+
+
+def image_to_data_url(image_or_path, fmt: str = "PNG") -> str:
+    """A local image path or PIL image as a ``data:image/...;base64,`` URL.
+
+    Files are sent as-is (no re-encoding, so the server sees the exact bytes);
+    PIL images are encoded with ``fmt``.
+    """
+    if isinstance(image_or_path, Image.Image):
+        image = image_or_path
+        if fmt.upper() in ("JPEG", "JPG") and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")  # JPEG has no alpha channel
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG" if fmt.upper() == "JPG" else fmt)
+        mime = Image.MIME.get(fmt.upper(), f"image/{fmt.lower()}")
+        return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    path = os.fspath(image_or_path)
+    mime, _ = mimetypes.guess_type(path)
+    if mime is None or not mime.startswith("image/"):
+        mime = Image.MIME.get(fmt.upper(), f"image/{fmt.lower()}")
+    return f"data:{mime};base64," + encode_file_base64(path)
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode PCM WAV with the stdlib: (mono float32 in [-1, 1], sample rate)."""
+    with wave.open(io.BytesIO(data), "rb") as wav:
+        channels = wav.getnchannels()
+        width = wav.getsampwidth()
+        rate = wav.getframerate()
+        frames = wav.readframes(wav.getnframes())
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        samples = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 3:  # 24-bit: pad each little-endian sample to 4 bytes, then shift back down
+        raw = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3)
+        padded = np.zeros((raw.shape[0], 4), dtype=np.uint8)
+        padded[:, 1:] = raw
+        samples = (padded.view("<i4").reshape(-1) >> 8).astype(np.float32) / 8388608.0
+    elif width == 4:
+        samples = np.frombuffer(frames, dtype="<i4").astype(np.float32) / 2147483648.0
+    else:
+        raise ValueError(f"unsupported WAV sample width {width * 8} bits")
+    # Drop a trailing partial frame rather than failing on a slightly truncated file.
+    usable = len(samples) - len(samples) % channels
+    samples = samples[:usable].reshape(-1, channels).mean(axis=1)
+    return samples.astype(np.float32), rate
+
+
+def _decode_audio(data: bytes, source) -> tuple[np.ndarray, int]:
+    wav_error = None
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            return _decode_wav(data)
+        except (wave.Error, EOFError, ValueError) as e:
+            wav_error = e  # e.g. float or compressed WAV: soundfile may still read it
+    try:
+        import soundfile
+    except ImportError:
+        detail = f": {wav_error}" if wav_error else ""
+        raise MediaError(
+            f"cannot decode audio from {short(source)}{detail} (only WAV without the soundfile package)"
+        ) from None
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile errors on untrusted bytes all mean "bad audio"
+        raise MediaError(f"cannot decode audio from {short(source)}: {e}") from None
+    return samples.mean(axis=1).astype(np.float32), int(rate)
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Linear-interpolation resampling: good enough for speech encoders, no scipy needed."""
+    if rate == target or len(samples) == 0:
+        return samples
+    out_len = max(1, int(round(len(samples) * target / rate)))
+    old_times = np.arange(len(samples), dtype=np.float64) / rate
+    new_times = np.arange(out_len, dtype=np.float64) / target
+    return np.interp(new_times, old_times, samples).astype(np.float32)
+
+
+def load_audio(source, policy: MediaPolicy | None = None, sampling_rate: int = 16000) -> np.ndarray:
+    """Load any supported audio source as a mono float32 waveform at ``sampling_rate``.
+
+    A numpy array is assumed to be already decoded at the right rate and is only cast
+    to float32.
+    """
+    if policy is None:
+        policy = MediaPolicy()
+    if isinstance(source, np.ndarray):
+        return source.astype(np.float32, copy=False)
+    data = read_media_bytes(source, policy, "audio")
+    samples, rate = _decode_audio(data, source)
+    if rate <= 0:
+        raise MediaError(f"cannot decode audio from {short(source)}: invalid sample rate {rate}")
+    return _resample(samples, rate, sampling_rate)
+
+
+# --------------------------------------------------------------------------- prompt text helpers
+
+# Qwen-VL / Qwen-Audio tags. The source may not contain '<' or '>', which keeps a bare
+# "<audio>" placeholder that precedes a real tag from swallowing it, and never matches
+# "<image>" or "<img/>". DOTALL-free [^<>] still spans newlines (multi-line base64).
+_MEDIA_TAG_RE = re.compile(r"<(img|audio)>([^<>]*)</\1>")
+
+
+def extract_media_tags(text: str) -> tuple[str, list[str], list[str]]:
+    """Replace ``<img>SRC</img>`` / ``<audio>SRC</audio>`` with placeholders, collecting sources in order."""
+    images: list[str] = []
+    audios: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        tag, src = match.group(1), match.group(2).strip()
+        if not src:
+            raise MediaError(f"empty <{tag}></{tag}> tag in text: {short(text)}")
+        if tag == "img":
+            images.append(src)
+            return IMAGE_PLACEHOLDER
+        audios.append(src)
+        return AUDIO_PLACEHOLDER
+
+    return _MEDIA_TAG_RE.sub(replace, text), images, audios
+
+
+def bind_placeholder_urls(text: str, urls: list[str]) -> tuple[str, list[str]]:
+    """rtp-llm style: bind each ``<img/>`` in order to ``urls``; ``<img/>`` becomes ``<image>``."""
+    urls = list(urls or [])
+    count = text.count("<img/>")
+    if count != len(urls):
+        raise MediaError(f"text has {count} <img/> placeholders but {len(urls)} image URLs were given")
+    return text.replace("<img/>", IMAGE_PLACEHOLDER), urls
+
+
+def _url_field(part: dict, key: str, index: int):
+    """The URL of an OpenAI `image_url`/`audio_url` part: {"url": ...} or a bare string."""
+    value = part.get(key)
+    if isinstance(value, dict):
+        value = value.get("url")
+    if not isinstance(value, str) or not value:
+        raise MediaError(f"content part {index} (type '{part['type']}') needs '{key}' as a URL string or {{'url': ...}}")
+    return value
+
+
+def content_parts_to_text(parts) -> tuple[str, list, list]:
+    """OpenAI chat ``content`` (a string or a list of parts) -> (text, images, audios).
+
+    Each media part becomes a placeholder at its position; text parts are joined with
+    no separator, and ``<img>``/``<audio>`` tags inside them are extracted too.
+    """
+    if parts is None:  # e.g. an assistant message that only has tool calls
+        return "", [], []
+    if isinstance(parts, str):
+        return extract_media_tags(parts)
+    if not isinstance(parts, (list, tuple)):
+        raise MediaError(f"message content must be a string or a list of parts, got {type(parts).__name__}")
+
+    pieces: list[str] = []
+    images: list = []
+    audios: list = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise MediaError(f"content part {index} is malformed: expected an object with a 'type' field, got {short(part)}")
+        kind = part["type"]
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise MediaError(f"content part {index} (type 'text') needs a string 'text' field")
+            text, more_images, more_audios = extract_media_tags(text)
+            pieces.append(text)
+            images += more_images
+            audios += more_audios
+        elif kind == "image_url":
+            images.append(_url_field(part, "image_url", index))
+            pieces.append(IMAGE_PLACEHOLDER)
+        elif kind == "image":
+            if part.get("image") is None:
+                raise MediaError(f"content part {index} (type 'image') needs an 'image' field")
+            images.append(part["image"])
+            pieces.append(IMAGE_PLACEHOLDER)
+        elif kind == "audio_url":
+            audios.append(_url_field(part, "audio_url", index))
+            pieces.append(AUDIO_PLACEHOLDER)
+        elif kind == "audio":
+            if part.get("audio") is None:
+                raise MediaError(f"content part {index} (type 'audio') needs an 'audio' field")
+            audios.append(part["audio"])
+            pieces.append(AUDIO_PLACEHOLDER)
+        elif kind == "input_audio":
+            spec = part.get("input_audio")
+            if not isinstance(spec, dict) or not isinstance(spec.get("data"), str) or not spec["data"]:
+                raise MediaError(f"content part {index} (type 'input_audio') needs {{'data': base64, 'format': ...}}")
+            data = spec["data"]
+            audio_format = str(spec.get("format") or "wav").lower()
+            # Turn it into a data URL so it flows through the same resolver as every other source.
+            audios.append(data if data.startswith("data:") else f"data:audio/{audio_format};base64,{data}")
+            pieces.append(AUDIO_PLACEHOLDER)
+        else:
+            raise MediaError(f"content part {index} has unsupported type '{kind}'")
+    return "".join(pieces), images, audios
+
+
+def check_media_count(text_or_texts, images: list, audios: list, where: str = "") -> None:
+    """Fail early (and clearly) when placeholders and media lists disagree."""
+    texts = [text_or_texts] if isinstance(text_or_texts, str) else list(text_or_texts or [])
+    texts = [t for t in texts if t]  # None content is allowed (e.g. tool-call messages)
+    prefix = f"{where}: " if where else ""
+    num_images = sum(t.count(IMAGE_PLACEHOLDER) for t in texts)
+    num_given = len(images or [])
+    if num_images != num_given:
+        raise MediaError(f"{prefix}{num_images} {IMAGE_PLACEHOLDER} placeholders but {num_given} images were given")
+    num_audios = sum(t.count(AUDIO_PLACEHOLDER) for t in texts)
+    num_given = len(audios or [])
+    if num_audios != num_given:
+        raise MediaError(f"{prefix}{num_audios} {AUDIO_PLACEHOLDER} placeholders but {num_given} audios were given")

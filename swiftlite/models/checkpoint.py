@@ -1,0 +1,150 @@
+"""Checkpoints written by `mm sft` and `mm export`, and loading any model for inference.
+
+Every checkpoint describes itself: `sft_args.json` beside the weights records the base model, template,
+system prompt, dtype and dataset settings, so `mm infer|export|deploy --ckpt_dir DIR` need nothing else.
+A LoRA checkpoint holds a peft adapter (adapter_config.json + adapter weights) and points at its base
+model; a full or merged checkpoint holds complete weights plus tokenizer and processor files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swiftlite.errors import UserError
+from swiftlite.models.loading import ResolvedModel, read_config, resolve_model
+
+SFT_ARGS_FILE = "sft_args.json"
+
+
+@dataclass
+class Checkpoint:
+    ckpt_dir: Path
+    args: dict = field(default_factory=dict)
+
+    @property
+    def is_adapter(self) -> bool:
+        return (self.ckpt_dir / "adapter_config.json").is_file()
+
+    @property
+    def base_model(self) -> str | None:
+        return self.args.get("model_id_or_path")
+
+    @property
+    def model_type(self) -> str | None:
+        return self.args.get("model_type")
+
+    @property
+    def template_type(self) -> str | None:
+        return self.args.get("template_type")
+
+    @property
+    def system(self) -> str | None:
+        return self.args.get("system")
+
+    @property
+    def dtype(self) -> str | None:
+        return self.args.get("dtype")
+
+
+def read_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
+    path = Path(ckpt_dir).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--ckpt_dir {ckpt_dir}: no such directory")
+    args_file = path / SFT_ARGS_FILE
+    if args_file.is_file():
+        try:
+            args = json.loads(args_file.read_text())
+        except json.JSONDecodeError as error:
+            raise UserError(f"{args_file} is not valid JSON: {error}") from None
+        return Checkpoint(path.resolve(), args)
+    if (path / "config.json").is_file():
+        return Checkpoint(path.resolve(), {})  # a plain model directory: treat as a full checkpoint
+    raise UserError(
+        f"--ckpt_dir {ckpt_dir}: holds neither {SFT_ARGS_FILE} nor config.json; pass a checkpoint-<step> "
+        "directory written by `mm sft` (or its -merged export)"
+    )
+
+
+def resolve_checkpoint(checkpoint: Checkpoint, use_hf: bool | None = None) -> ResolvedModel:
+    """The model the checkpoint runs on: its base model for an adapter, itself for full weights."""
+    if checkpoint.is_adapter:
+        base = checkpoint.base_model
+        if base and not Path(base).exists() and checkpoint.model_type and "/" in base and not base.startswith("/"):
+            return resolve_model(checkpoint.model_type, base, use_hf)
+        if not base or not Path(base).exists():
+            if checkpoint.model_type:
+                return _with_template(resolve_model(checkpoint.model_type, None, use_hf), checkpoint)
+            raise UserError(f"{checkpoint.ckpt_dir}: the base model {base!r} recorded in {SFT_ARGS_FILE} is not found")
+        return _with_template(resolve_model(_registered(checkpoint.model_type), base, use_hf), checkpoint)
+    read_config(checkpoint.ckpt_dir)
+    resolved = resolve_model(_registered(checkpoint.model_type), str(checkpoint.ckpt_dir), use_hf)
+    return _with_template(resolved, checkpoint)
+
+
+def _registered(model_type: str | None) -> str | None:
+    from swiftlite.models.registry import MODEL_TYPES
+
+    return model_type if model_type in MODEL_TYPES else None
+
+
+def _with_template(resolved: ResolvedModel, checkpoint: Checkpoint) -> ResolvedModel:
+    if checkpoint.template_type:
+        resolved.template_type = checkpoint.template_type
+    if checkpoint.model_type:
+        resolved.model_type = checkpoint.model_type
+    return resolved
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    template: object
+    resolved: ResolvedModel
+    checkpoint: Checkpoint | None = None
+    adapters: dict = field(default_factory=dict)  # adapter name -> path
+
+
+def load_for_inference(
+    model_type: str | None = None,
+    model_id_or_path: str | None = None,
+    ckpt_dir: str | None = None,
+    dtype: str | None = "auto",
+    device_map: str | None = None,
+    use_hf: bool | None = None,
+    system: str | None = None,
+    max_pixels: int | None = None,
+    media_policy=None,
+    template_type: str | None = None,
+) -> LoadedModel:
+    """Everything `mm infer` and `mm deploy` need: model (with adapter), tokenizer, bound template."""
+    from swiftlite.models.loading import choose_dtype, default_device, load_model, load_tokenizer
+    from swiftlite.templates import get_template
+
+    checkpoint = read_checkpoint(ckpt_dir) if ckpt_dir else None
+    if checkpoint is not None:
+        resolved = resolve_checkpoint(checkpoint, use_hf)
+        if dtype in (None, "auto") and checkpoint.dtype not in (None, "auto") and default_device() != "cpu":
+            dtype = checkpoint.dtype
+        system = system if system is not None else checkpoint.system
+        max_pixels = max_pixels if max_pixels is not None else checkpoint.args.get("max_pixels")
+    else:
+        resolved = resolve_model(model_type, model_id_or_path, use_hf)
+    torch_dtype = choose_dtype(dtype, resolved.torch_dtype)
+    tokenizer = load_tokenizer(resolved.model_dir, resolved.family)
+    model = load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
+    adapters = {}
+    if checkpoint is not None and checkpoint.is_adapter:
+        from peft import PeftModel
+
+        name = "default"
+        model = PeftModel.from_pretrained(model, str(checkpoint.ckpt_dir), adapter_name=name)
+        model.eval()
+        adapters[name] = str(checkpoint.ckpt_dir)
+    template = get_template(
+        template_type or resolved.template_type, tokenizer, default_system=system, max_pixels=max_pixels,
+        media_policy=media_policy,
+    )
+    return LoadedModel(model, tokenizer, template, resolved, checkpoint, adapters)

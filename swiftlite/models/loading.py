@@ -1,0 +1,206 @@
+"""Finding a checkpoint (model type, hub id or local directory) and loading model, tokenizer and processors.
+
+A registered model type is downloaded from ModelScope by default, from the Hugging Face Hub with
+`--use_hf true` or USE_HF=1. A local directory is used as it is. Any checkpoint whose config.json names a
+registered architecture works, registered or not: its family is detected from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from swiftlite.errors import UserError
+from swiftlite.models.registry import (
+    ModelFamily,
+    family_for_config,
+    get_model_type,
+    model_type_for_hub_id,
+)
+
+
+@dataclass
+class ResolvedModel:
+    model_dir: Path
+    family: ModelFamily
+    model_type: str  # registry name, or the family name for an unregistered checkpoint of a known architecture
+    template_type: str
+    torch_dtype: str  # the checkpoint's preferred dtype on GPU
+    is_chat: bool = True
+
+
+def use_hf_default() -> bool:
+    return os.environ.get("USE_HF", "0").lower() in ("1", "true", "yes")
+
+
+def read_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{model_dir} holds no config.json: it is not a transformers checkpoint directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+
+
+def download(hub_id: str, use_hf: bool, revision: str | None = None) -> Path:
+    """Fetch a checkpoint from the hub into its cache (with the hub's own progress bars) and return its dir."""
+    try:
+        if use_hf:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(hub_id, revision=revision))
+        from modelscope import snapshot_download
+
+        return Path(snapshot_download(hub_id, revision=revision or "master"))
+    except Exception as error:  # network, auth, unknown repo: all user-facing
+        hub = "Hugging Face" if use_hf else "ModelScope"
+        switch = "drop --use_hf" if use_hf else "try --use_hf true"
+        raise UserError(
+            f"could not download {hub_id!r} from {hub} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            f"Check the id and your network, {switch}, or pass a local directory with --model."
+        ) from None
+
+
+def resolve_model(model_type: str | None = None, model_id_or_path: str | None = None,
+                  use_hf: bool | None = None, revision: str | None = None) -> ResolvedModel:
+    """Work out which checkpoint the user means and where its files are (downloading if needed)."""
+    use_hf = use_hf_default() if use_hf is None else use_hf
+    registered = get_model_type(model_type) if model_type else None
+    if model_id_or_path is None:
+        if registered is None:
+            raise UserError("say which model to use: --model_type <type> or --model <hub id or directory>")
+        hub_id = registered.hf_id if use_hf else registered.modelscope_id
+        model_dir = download(hub_id, use_hf, revision)
+    elif Path(model_id_or_path).expanduser().exists():
+        model_dir = Path(model_id_or_path).expanduser().resolve()
+        if not model_dir.is_dir():
+            raise UserError(f"--model {model_id_or_path}: not a directory")
+    elif model_id_or_path.startswith((".", "/", "~")) or model_id_or_path.count("/") != 1:
+        raise UserError(f"--model {model_id_or_path}: no such directory")
+    else:
+        registered = registered or model_type_for_hub_id(model_id_or_path)
+        model_dir = download(model_id_or_path, use_hf, revision)
+
+    config = read_config(model_dir)
+    family = family_for_config(config)
+    if family is None:
+        architectures = ", ".join(config.get("architectures") or [config.get("model_type", "?")])
+        raise UserError(f"{model_dir}: architecture {architectures} is not supported yet. Run `mm list` to see supported models.")
+    if registered is not None and registered.family is not family:
+        raise UserError(f"--model_type {registered.name} is a {registered.family.name} model but {model_dir} holds a {family.name} checkpoint")
+    if registered is not None:
+        return ResolvedModel(model_dir, family, registered.name, registered.template_type, registered.torch_dtype, registered.is_chat)
+    return ResolvedModel(model_dir, family, family.name, family.template, _config_dtype(config))
+
+
+def _config_dtype(config: dict) -> str:
+    dtype = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return dtype if dtype in ("bfloat16", "float16", "float32") else "bfloat16"
+
+
+# ---- devices and dtypes -------------------------------------------------------------------------------
+DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+                 "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
+
+
+def choose_dtype(requested: str | None, preferred: str = "bfloat16", device: str | None = None):
+    """'auto' -> the checkpoint's dtype on a GPU that supports it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    requested = (requested or "auto").lower()
+    if requested != "auto":
+        if requested not in DTYPE_ALIASES:
+            raise UserError(f"--dtype {requested}: expected auto, bf16, fp16 or fp32")
+        return getattr(torch, DTYPE_ALIASES[requested])
+    device = device or default_device()
+    if not device.startswith("cuda"):
+        return torch.float32  # half-precision matmuls are slow or unsupported on CPUs
+    if preferred == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return getattr(torch, preferred)
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        # Under torchrun each process owns the GPU of its local rank (CUDA_VISIBLE_DEVICES is honoured by torch).
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+def load_tokenizer(model_dir: Path, family: ModelFamily | None = None):
+    """Tokenizer with the checkpoint's processors attached (templates read them from it).
+
+    We load the tokenizer and the image processor separately instead of AutoProcessor: AutoProcessor needs
+    torchvision for Qwen2-VL (its video processor), which not every install has. The image processors'
+    PIL backend is used when torchvision is absent and the torchvision one when present.
+    """
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if getattr(tokenizer, "chat_template", None) is None:
+        tokenizer.chat_template = _chat_template_from_files(model_dir)
+    if (model_dir / "preprocessor_config.json").is_file():
+        settings = json.loads((model_dir / "preprocessor_config.json").read_text())
+        if "image_processor_type" in settings:
+            from transformers import AutoImageProcessor
+
+            tokenizer.swiftlite_image_processor = AutoImageProcessor.from_pretrained(model_dir)
+        if "feature_extractor_type" in settings:
+            from transformers import AutoFeatureExtractor
+
+            tokenizer.swiftlite_feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+    if (model_dir / "processor_config.json").is_file():
+        tokenizer.swiftlite_processor_config = json.loads((model_dir / "processor_config.json").read_text())
+    tokenizer.swiftlite_model_config = read_config(model_dir)
+    tokenizer.swiftlite_model_dir = str(model_dir)
+    return tokenizer
+
+
+def _chat_template_from_files(model_dir: Path) -> str | None:
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text()
+    if (model_dir / "chat_template.json").is_file():
+        return json.loads((model_dir / "chat_template.json").read_text()).get("chat_template")
+    return None
+
+
+def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_map=None, device: str | None = None):
+    """The model in eval mode on `device` (or spread by `device_map`, e.g. 'auto' over several GPUs)."""
+    import transformers
+
+    auto_class = getattr(transformers, family.auto_class)
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = auto_class.from_pretrained(model_dir, **kwargs)
+    if device_map is None:
+        model.to(device or default_device())
+    model.eval()
+    return model
+
+
+def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_kwargs: dict | None = None,
+                        load_model_weights: bool = True, model_id_or_path: str | None = None,
+                        use_hf: bool | None = None):
+    """ms-swift's API: (model, tokenizer) for a model type (or a hub id / directory)."""
+    resolved = resolve_model(model_type, model_id_or_path, use_hf)
+    tokenizer = load_tokenizer(resolved.model_dir, resolved.family)
+    tokenizer.swiftlite_model_type = resolved.model_type
+    tokenizer.swiftlite_template_type = resolved.template_type
+    if not load_model_weights:
+        return None, tokenizer
+    model_kwargs = dict(model_kwargs or {})
+    device_map = model_kwargs.pop("device_map", None)
+    if isinstance(torch_dtype, str) or torch_dtype is None:
+        torch_dtype = choose_dtype(torch_dtype, resolved.torch_dtype)
+    model = load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
+    model.swiftlite_model_type = resolved.model_type
+    model.swiftlite_template_type = resolved.template_type
+    return model, tokenizer

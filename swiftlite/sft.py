@@ -1,0 +1,7 @@
+"""`mm sft` (being written).
+
+placeholder
+"""
+
+def sft() -> None:
+    raise NotImplementedError

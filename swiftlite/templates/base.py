@@ -1,0 +1,331 @@
+"""Encoding a Conversation into model inputs with the checkpoint's own chat template.
+
+The official chat template is the judge of the prompt format. We render it, find the assistant spans by
+comparing renders (the render of turns[:k] with the generation prompt must be a prefix of the render of
+turns[:k+1], which must be a prefix of the whole render: otherwise we fail loudly rather than guess), tokenize
+once with character offsets, put labels on the tokens of each assistant reply up to and including its
+end-of-turn token, and finally expand each media placeholder token to the number of tokens the model's
+processor would give it (the family's rule, in its template file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from swiftlite.conversation import Conversation, validate_roles
+from swiftlite.media import (
+    AUDIO_PLACEHOLDER,
+    IMAGE_PLACEHOLDER,
+    MediaPolicy,
+    check_media_count,
+    limit_image_pixels,
+    load_audio,
+    load_image,
+)
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The conversation cannot be encoded faithfully with this template."""
+
+
+@dataclass(frozen=True)
+class TemplateMeta:
+    name: str
+    # The token the chat template emits once per image (or audio clip) and the processor expands to N copies.
+    image_token: str | None = None
+    audio_token: str | None = None
+    # What a raw completion prompt uses for an `<image>` placeholder (base models, /v1/completions).
+    raw_image_text: str | None = None
+    raw_audio_text: str | None = None
+    # The token that closes an assistant turn in the official render. None: the official template closes
+    # no turn (LLaVA-1.5), so for training we append the tokenizer's eos after each reply, as the original
+    # training code did, or the model never learns to stop.
+    end_of_turn: str | None = None
+    # Tokenizer adds special tokens (bos) when the official processor tokenizes the rendered prompt.
+    add_special_tokens: bool = True
+    # N for the i-th image: fn(template, image_inputs, index) -> int
+    num_image_tokens: Callable[["Template", dict, int], int] | None = None
+    num_audio_tokens: Callable[["Template", dict, int], int] | None = None
+    # Extra model inputs computed from the final ids (Qwen2-VL's mm_token_type_ids for M-RoPE).
+    extra_inputs: Callable[["Template", list[int]], dict] | None = None
+    # Keys of processor outputs that are per-image tensors to concatenate along dim 0 in a batch.
+    media_keys: tuple[str, ...] = ("pixel_values", "image_grid_thw", "image_sizes")
+    # Sequence-aligned keys padded like input_ids (value used for padding).
+    sequence_keys: dict = field(default_factory=dict)
+    supports_system: bool = True
+    supports_multi_turn: bool = True
+    max_images: int | None = None
+    # Used only when the checkpoint ships no chat template (older or base checkpoints).
+    fallback_chat_template: str | None = None
+    is_chat: bool = True
+
+
+class Template:
+    """A TemplateMeta bound to one checkpoint's tokenizer, processors and settings."""
+
+    def __init__(
+        self,
+        meta: TemplateMeta,
+        tokenizer,
+        image_processor=None,
+        feature_extractor=None,
+        processor_config: dict | None = None,
+        model_config: dict | None = None,
+        chat_template: str | None = None,
+        default_system: str | None = None,
+        max_pixels: int | None = None,
+        media_policy: MediaPolicy | None = None,
+    ):
+        self.meta = meta
+        self.template_type = meta.name
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.feature_extractor = feature_extractor
+        self.processor_config = processor_config or {}
+        self.model_config = model_config or {}
+        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None) or meta.fallback_chat_template
+        self.default_system = default_system
+        self.max_pixels = max_pixels
+        self.media_policy = media_policy or MediaPolicy()
+
+    # ---- token facts -------------------------------------------------------------------------------
+    def token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise TemplateError(f"the tokenizer has no {token!r} token, which template {self.meta.name!r} needs")
+        return token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def stop_token_ids(self, generation_config=None) -> list[int]:
+        ids: list[int] = []
+        eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+        for value in (eos, self.tokenizer.eos_token_id):
+            if value is None:
+                continue
+            ids += value if isinstance(value, (list, tuple)) else [value]
+        if self.meta.end_of_turn:
+            ids.append(self.token_id(self.meta.end_of_turn))
+        return sorted(set(ids))
+
+    @property
+    def stop_words(self) -> list[str]:
+        words = [self.meta.end_of_turn] if self.meta.end_of_turn else []
+        if self.tokenizer.eos_token:
+            words.append(self.tokenizer.eos_token)
+        return list(dict.fromkeys(words))
+
+    # ---- rendering ---------------------------------------------------------------------------------
+    def _template_message(self, message: dict) -> dict:
+        """Our placeholder text -> the content-parts list the official chat templates iterate over."""
+        parts: list[dict] = []
+        text = message["content"]
+        position = 0
+        while position <= len(text):
+            next_image = text.find(IMAGE_PLACEHOLDER, position)
+            next_audio = text.find(AUDIO_PLACEHOLDER, position)
+            candidates = [(i, kind) for i, kind in ((next_image, "image"), (next_audio, "audio")) if i >= 0]
+            if not candidates:
+                if text[position:]:
+                    parts.append({"type": "text", "text": text[position:]})
+                break
+            index, kind = min(candidates)
+            if text[position:index]:
+                parts.append({"type": "text", "text": text[position:index]})
+            parts.append({"type": kind})
+            position = index + len(IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER)
+        if not parts:
+            parts.append({"type": "text", "text": ""})
+        return {"role": message["role"], "content": parts}
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        if not self.chat_template:
+            raise TemplateError(
+                f"this checkpoint ships no chat template (template {self.meta.name!r} is for a base model): "
+                "send a raw prompt to /v1/completions or use `mm infer` with a chat model"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def with_default_system(self, conversation: Conversation) -> Conversation:
+        if self.default_system and conversation.system is None:
+            messages = [{"role": "system", "content": self.default_system}] + conversation.messages
+            return Conversation(messages, conversation.images, conversation.audios)
+        return conversation
+
+    def assistant_spans(self, messages: list[dict], full: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of each assistant turn in `full`, found by comparing renders."""
+        spans = []
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self.render(messages[:index], add_generation_prompt=True)
+            through = self.render(messages[: index + 1], add_generation_prompt=False)
+            if not through.startswith(before) or not full.startswith(through):
+                raise TemplateError(
+                    f"template {self.meta.name!r}: the chat template does not render turn {index} as a prefix of "
+                    "the whole conversation, so the reply cannot be located for the loss. Please report this "
+                    "checkpoint's chat template."
+                )
+            spans.append((len(before), len(through)))
+        return spans
+
+    # ---- encoding ----------------------------------------------------------------------------------
+    def encode(self, conversation: Conversation, add_generation_prompt: bool | None = None) -> dict[str, Any]:
+        """Conversation -> {input_ids, labels, attention_mask, <processor outputs>, <extra inputs>}.
+
+        With `add_generation_prompt` (default: when the last turn is not the assistant's) the result is a
+        prompt for generation; otherwise every assistant reply is labelled for the loss.
+        """
+        conversation = self.with_default_system(conversation)
+        try:
+            validate_roles(conversation)
+        except ValueError as error:
+            raise TemplateError(str(error)) from None
+        if conversation.system is not None and not self.meta.supports_system:
+            raise TemplateError(f"template {self.meta.name!r} has no system prompt")
+        check_media_count(conversation.texts(), conversation.images, conversation.audios)
+        if self.meta.max_images is not None and len(conversation.images) > self.meta.max_images:
+            raise TemplateError(
+                f"template {self.meta.name!r} takes at most {self.meta.max_images} image(s), got {len(conversation.images)}"
+            )
+        if add_generation_prompt is None:
+            add_generation_prompt = conversation.messages[-1]["role"] != "assistant"
+
+        messages = [self._template_message(m) for m in conversation.messages]
+        full = self.render(messages, add_generation_prompt)
+        spans = [] if add_generation_prompt else self.assistant_spans(messages, full)
+        return self.encode_text(full, conversation.images, conversation.audios, spans)
+
+    def encode_raw(self, prompt: str, images: list | None = None, audios: list | None = None) -> dict[str, Any]:
+        """A raw completion prompt with `<image>`/`<audio>` placeholders (base models, /v1/completions)."""
+        images, audios = list(images or []), list(audios or [])
+        check_media_count(prompt, images, audios)
+        if images and not self.meta.raw_image_text:
+            raise TemplateError(f"template {self.meta.name!r} takes no images")
+        if audios and not self.meta.raw_audio_text:
+            raise TemplateError(f"template {self.meta.name!r} takes no audio")
+        text = prompt.replace(IMAGE_PLACEHOLDER, self.meta.raw_image_text or IMAGE_PLACEHOLDER)
+        text = text.replace(AUDIO_PLACEHOLDER, self.meta.raw_audio_text or AUDIO_PLACEHOLDER)
+        return self.encode_text(text, images, audios, [])
+
+    def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]]) -> dict[str, Any]:
+        encoded = self.tokenizer(text, add_special_tokens=self.meta.add_special_tokens, return_offsets_mapping=True)
+        input_ids = list(encoded["input_ids"])
+        labels = self._labels(text, input_ids, encoded["offset_mapping"], spans)
+        media_inputs: dict[str, Any] = {}
+        if images:
+            media_inputs.update(self.process_images(images))
+            input_ids, labels = self._expand(input_ids, labels, self.meta.image_token, len(images),
+                                             lambda i: self.meta.num_image_tokens(self, media_inputs, i))
+        if audios:
+            audio_inputs = self.process_audios(audios)
+            media_inputs.update(audio_inputs)
+            input_ids, labels = self._expand(input_ids, labels, self.meta.audio_token, len(audios),
+                                             lambda i: self.meta.num_audio_tokens(self, audio_inputs, i))
+        row: dict[str, Any] = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
+        if spans:
+            row["labels"] = labels
+        row.update(media_inputs)
+        if self.meta.extra_inputs:
+            row.update(self.meta.extra_inputs(self, input_ids))
+        return row
+
+    def _labels(self, text, input_ids, offsets, spans) -> list[int]:
+        labels = [IGNORE_INDEX] * len(input_ids)
+        if not spans:
+            return labels
+        eos_id = self.tokenizer.eos_token_id
+        insert_eos_after: list[int] = []
+        for start, end in spans:
+            reply = text[start:end]
+            if self.meta.end_of_turn and self.meta.end_of_turn in reply:
+                # Train on the reply and its end-of-turn token; what follows (a newline) belongs to the next turn.
+                end = start + reply.rfind(self.meta.end_of_turn) + len(self.meta.end_of_turn)
+                needs_eos = False
+            else:
+                needs_eos = True
+            last = None
+            for index, (token_start, token_end) in enumerate(offsets):
+                if start <= token_start < end and token_end > token_start:
+                    labels[index] = input_ids[index]
+                    last = index
+            if last is None:
+                raise TemplateError("an assistant reply is empty after tokenization")
+            if needs_eos:
+                insert_eos_after.append(last)
+        for index in reversed(insert_eos_after):
+            input_ids.insert(index + 1, eos_id)
+            labels.insert(index + 1, eos_id)
+        return labels
+
+    def _expand(self, input_ids, labels, token, count, tokens_for):
+        token_id = self.token_id(token)
+        positions = [i for i, t in enumerate(input_ids) if t == token_id]
+        if len(positions) != count:
+            raise TemplateError(
+                f"the prompt holds {len(positions)} {token} tokens but {count} media items were given"
+            )
+        new_ids, new_labels, previous = [], [], 0
+        for media_index, position in enumerate(positions):
+            new_ids += input_ids[previous:position] + [token_id] * int(tokens_for(media_index))
+            new_labels += labels[previous:position] + [IGNORE_INDEX] * int(tokens_for(media_index))
+            previous = position + 1
+        return new_ids + input_ids[previous:], new_labels + labels[previous:]
+
+    # ---- media -------------------------------------------------------------------------------------
+    def load_images(self, images: list) -> list:
+        loaded = [load_image(source, self.media_policy) for source in images]
+        return [limit_image_pixels(image, self.max_pixels) for image in loaded]
+
+    def process_images(self, images: list) -> dict:
+        if self.image_processor is None or not self.meta.image_token:
+            raise TemplateError(f"template {self.meta.name!r} takes no images")
+        outputs = self.image_processor(images=self.load_images(images), return_tensors="pt")
+        return {key: value for key, value in outputs.items() if value is not None}
+
+    def process_audios(self, audios: list) -> dict:
+        if self.feature_extractor is None or not self.meta.audio_token:
+            raise TemplateError(f"template {self.meta.name!r} takes no audio")
+        rate = getattr(self.feature_extractor, "sampling_rate", 16000)
+        arrays = [load_audio(source, self.media_policy, sampling_rate=rate) for source in audios]
+        outputs = self.feature_extractor(arrays, sampling_rate=rate, return_attention_mask=True,
+                                         padding="max_length", return_tensors="pt")
+        return {"input_features": outputs["input_features"], "feature_attention_mask": outputs["attention_mask"]}
+
+    # ---- batching ----------------------------------------------------------------------------------
+    def collate(self, rows: list[dict], padding_side: str = "right", pad_to_multiple_of: int | None = None) -> dict:
+        """Pad a list of encoded rows into one batch of tensors (left padding for generation)."""
+        import torch
+
+        longest = max(len(row["input_ids"]) for row in rows)
+        if pad_to_multiple_of:
+            longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+        sequence_pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        sequence_pads.update(self.meta.sequence_keys)
+        batch: dict[str, Any] = {}
+        for key, pad_value in sequence_pads.items():
+            if key not in rows[0]:
+                continue
+            padded = []
+            for row in rows:
+                values = list(row[key])
+                padding = [pad_value] * (longest - len(values))
+                padded.append(padding + values if padding_side == "left" else values + padding)
+            batch[key] = torch.tensor(padded, dtype=torch.long)
+        for key in rows[0].keys() | set().union(*(row.keys() for row in rows)):
+            if key in batch or key in sequence_pads:
+                continue
+            tensors = [row[key] for row in rows if key in row]
+            batch[key] = torch.cat(tensors, dim=0)
+        return batch
