@@ -1,14 +1,27 @@
-"""Template registry: template type name -> TemplateMeta, and `get_template` to bind one to a tokenizer."""
+"""Template registry: template type name -> TemplateMeta, and `get_template` to bind one to a tokenizer.
+
+Each family's template is a module-level TemplateMeta in its own file in this package; modules are
+discovered, so adding a template means adding a file.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 
 from swiftlite.templates.base import IGNORE_INDEX, Template, TemplateError, TemplateMeta
-from swiftlite.templates.llava import LLAVA_1_5_TEMPLATE
-from swiftlite.templates.qwen2_vl import QWEN2_VL_TEMPLATE
 
-TEMPLATES: dict[str, TemplateMeta] = {meta.name: meta for meta in (QWEN2_VL_TEMPLATE, LLAVA_1_5_TEMPLATE)}
+TEMPLATES: dict[str, TemplateMeta] = {}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name == "base":
+        continue
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    for _value in vars(_module).values():
+        if isinstance(_value, TemplateMeta):
+            if _value.name in TEMPLATES and TEMPLATES[_value.name] is not _value:
+                raise ValueError(f"template {_value.name!r} defined twice")
+            TEMPLATES[_value.name] = _value
 
 
 def get_template_meta(template_type: str) -> TemplateMeta:
@@ -16,7 +29,7 @@ def get_template_meta(template_type: str) -> TemplateMeta:
         return TEMPLATES[template_type]
     close = difflib.get_close_matches(template_type, list(TEMPLATES), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise TemplateError(f"unknown template type {template_type!r}.{hint} Run `mm list` to see all templates.")
+    raise TemplateError(f"unknown template type {template_type!r}.{hint} Run `mm list templates` to see all templates.")
 
 
 def get_template(template_type: str, tokenizer, **settings) -> Template:

@@ -1,5 +1,5 @@
-"""Offline test checkpoints of real architectures (see tiny.py)."""
+"""Offline test checkpoints of real architectures (see tiny.py and families/)."""
 
-from swiftlite.testing.tiny import BUILDERS, build_tiny_checkpoint
+from swiftlite.testing.tiny import build_tiny_checkpoint, discover_builders
 
-__all__ = ["BUILDERS", "build_tiny_checkpoint"]
+__all__ = ["build_tiny_checkpoint", "discover_builders"]
