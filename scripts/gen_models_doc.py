@@ -1,0 +1,44 @@
+"""Write docs/models.md from the model registry (a test fails when the file and the registry disagree).
+
+Usage: python scripts/gen_models_doc.py [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "models.md"
+
+
+def render() -> str:
+    from swiftlite.listing import families_table, models_table, templates_table
+
+    return (
+        "# Supported models\n\n"
+        "Generated from the registry by `python scripts/gen_models_doc.py`; `mm list`, `mm list families` and\n"
+        "`mm list templates` print the same tables. Any checkpoint of a listed architecture also works by\n"
+        "directory or hub id (`--model DIR`), registered or not.\n\n"
+        "## Families\n\n```text\n" + families_table() + "\n```\n\n"
+        "## Model types\n\n```text\n" + models_table() + "\n```\n\n"
+        "## Templates\n\n```text\n" + templates_table() + "\n```\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/models.md is out of date")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        if not DOC.is_file() or DOC.read_text() != text:
+            print(f"{DOC} is out of date: run python scripts/gen_models_doc.py", file=sys.stderr)
+            sys.exit(1)
+        return
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
