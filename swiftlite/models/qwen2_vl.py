@@ -8,7 +8,7 @@ QWEN2_VL = ModelFamily(
     config_model_types=("qwen2_vl",),
     template="qwen2-vl",
     modalities=("text", "image"),
-    vision_tower=("model.visual.patch_embed", "model.visual.blocks", "model.visual.rotary_pos_emb"),
+    vision_tower=("model.visual.patch_embed", "model.visual.blocks"),
     aligner=("model.visual.merger",),
     language_model=("model.language_model",),
     requires=("transformers>=4.45",),

@@ -53,6 +53,18 @@ class TemplateMeta:
     extra_inputs: Callable[["Template", list[int]], dict] | None = None
     # Keys of processor outputs that are per-image tensors to concatenate along dim 0 in a batch.
     media_keys: tuple[str, ...] = ("pixel_values", "image_grid_thw", "image_sizes")
+    # Optional image hooks, for processors whose placeholder expansion is more than N copies of one token.
+    # image_processor_call(template, pil_images) -> outputs: replaces the default image_processor call
+    # (e.g. one nested list per sample, or row/col info the expansion needs).
+    image_processor_call: Callable[["Template", list], dict] | None = None
+    # expand_image_text(template, image_inputs, index) -> the text the official processor substitutes for the
+    # index-th image placeholder in the rendered prompt before tokenizing (then num_image_tokens is unused).
+    expand_image_text: Callable[["Template", dict, int], str] | None = None
+    # Processor outputs used only to count tokens, never given to the model (transformers' unused_input_names).
+    unused_image_keys: tuple[str, ...] = ()
+    # collate_media(key, per-row tensors) -> batched value, or None for the default torch.cat along dim 0
+    # (e.g. pad LLaVA-NeXT's per-image patch dimension to the longest row).
+    collate_media: Callable[[str, list], Any] | None = None
     # Sequence-aligned keys padded like input_ids (value used for padding).
     sequence_keys: dict = field(default_factory=dict)
     supports_system: bool = True
@@ -61,6 +73,15 @@ class TemplateMeta:
     # Used only when the checkpoint ships no chat template (older or base checkpoints).
     fallback_chat_template: str | None = None
     is_chat: bool = True
+    # Give the chat template plain-string message contents instead of content-part lists: text-only LLM
+    # templates (Qwen2.5, Qwen3) concatenate message['content'] as a string.
+    string_content: bool = False
+    # A template type's own prompt format, used instead of the checkpoint's chat template (ms-swift's
+    # generation templates for base checkpoints, e.g. Qwen2-Audio-7B: the raw query, then the reply).
+    chat_template_override: str | None = None
+    # Locate a reply the render of turns[:k+1] does not reproduce inside the whole render by the end_of_turn
+    # token that follows the generation prompt (templates that render only the last reply differently: Qwen3).
+    reply_ends_at_end_of_turn: bool = False
 
 
 class Template:
@@ -86,7 +107,8 @@ class Template:
         self.feature_extractor = feature_extractor
         self.processor_config = processor_config or {}
         self.model_config = model_config or {}
-        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None) or meta.fallback_chat_template
+        self.chat_template = (chat_template or meta.chat_template_override or getattr(tokenizer, "chat_template", None)
+                              or meta.fallback_chat_template)
         self.default_system = default_system
         self.max_pixels = max_pixels
         self.media_policy = media_policy or MediaPolicy()
@@ -124,6 +146,8 @@ class Template:
     # ---- rendering ---------------------------------------------------------------------------------
     def _template_message(self, message: dict) -> dict:
         """Our placeholder text -> the content-parts list the official chat templates iterate over."""
+        if self.meta.string_content:
+            return {"role": message["role"], "content": message["content"]}
         parts: list[dict] = []
         text = message["content"]
         position = 0
@@ -138,7 +162,8 @@ class Template:
             index, kind = min(candidates)
             if text[position:index]:
                 parts.append({"type": "text", "text": text[position:index]})
-            parts.append({"type": kind})
+            # Audio parts also carry an 'audio' key: Qwen2-Audio's hub-era template recognises items by that key only.
+            parts.append({"type": kind, "audio": AUDIO_PLACEHOLDER} if kind == "audio" else {"type": kind})
             position = index + len(IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER)
         if not parts:
             parts.append({"type": "text", "text": ""})
@@ -171,6 +196,22 @@ class Template:
                 continue
             before = self.render(messages[:index], add_generation_prompt=True)
             through = self.render(messages[: index + 1], add_generation_prompt=False)
+            if full.startswith(through) and not through.startswith(before):
+                # Some official templates write the assistant header in history differently from their own
+                # generation prompt (LLaVA-OneVision's `assistant \n` vs `assistant\n`): find the reply by its
+                # text inside the turn, so training still sees exactly the official render.
+                start = self._reply_start(messages, index, through)
+                if start is not None:
+                    spans.append((start, len(through)))
+                    continue
+            if self.meta.reply_ends_at_end_of_turn and full.startswith(before) and not full.startswith(through):
+                # Some templates render the final assistant turn differently from earlier ones (Qwen3 gives only
+                # the last reply an empty <think> block): in the whole render the reply starts where the
+                # generation prompt ends and runs through its end-of-turn token.
+                end = full.find(self.meta.end_of_turn, len(before))
+                if end >= 0:
+                    spans.append((len(before), end + len(self.meta.end_of_turn)))
+                    continue
             if not through.startswith(before) or not full.startswith(through):
                 raise TemplateError(
                     f"template {self.meta.name!r}: the chat template does not render turn {index} as a prefix of "
@@ -179,6 +220,14 @@ class Template:
                 )
             spans.append((len(before), len(through)))
         return spans
+
+    def _reply_start(self, messages: list[dict], index: int, through: str) -> int | None:
+        previous = self.render(messages[:index], add_generation_prompt=False)
+        reply = "".join(part.get("text", "") for part in messages[index]["content"] if part["type"] == "text")
+        if not reply or not through.startswith(previous):
+            return None
+        start = through.find(reply, len(previous))
+        return start if start >= 0 else None
 
     # ---- encoding ----------------------------------------------------------------------------------
     def encode(self, conversation: Conversation, add_generation_prompt: bool | None = None) -> dict[str, Any]:
@@ -220,14 +269,20 @@ class Template:
         return self.encode_text(text, images, audios, [])
 
     def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]]) -> dict[str, Any]:
+        image_inputs = self.process_images(images) if images else {}
+        if images and self.meta.expand_image_text:
+            text, spans = self._expand_text(text, spans, image_inputs, len(images))
         encoded = self.tokenizer(text, add_special_tokens=self.meta.add_special_tokens, return_offsets_mapping=True)
         input_ids = list(encoded["input_ids"])
         labels = self._labels(text, input_ids, encoded["offset_mapping"], spans)
         media_inputs: dict[str, Any] = {}
         if images:
-            media_inputs.update(self.process_images(images))
-            input_ids, labels = self._expand(input_ids, labels, self.meta.image_token, len(images),
-                                             lambda i: self.meta.num_image_tokens(self, media_inputs, i))
+            media_inputs.update(image_inputs)
+            if not self.meta.expand_image_text:
+                input_ids, labels = self._expand(input_ids, labels, self.meta.image_token, len(images),
+                                                 lambda i: self.meta.num_image_tokens(self, media_inputs, i))
+            for key in self.meta.unused_image_keys:
+                media_inputs.pop(key, None)
         if audios:
             audio_inputs = self.process_audios(audios)
             media_inputs.update(audio_inputs)
@@ -269,6 +324,29 @@ class Template:
             labels.insert(index + 1, eos_id)
         return labels
 
+    def _expand_text(self, text, spans, image_inputs, count):
+        """Substitute each image placeholder in the rendered text, as the official processor does before
+        tokenizing; assistant spans after a placeholder move by the growth of the text before them."""
+        token = self.meta.image_token
+        positions, start = [], text.find(token)
+        while start >= 0:
+            positions.append(start)
+            start = text.find(token, start + len(token))
+        if len(positions) != count:
+            raise TemplateError(f"the prompt holds {len(positions)} {token} placeholders but {count} images were given")
+        pieces, growth, previous = [], [], 0
+        for index, position in enumerate(positions):
+            replacement = self.meta.expand_image_text(self, image_inputs, index)
+            pieces += [text[previous:position], replacement]
+            growth.append((position, len(replacement) - len(token)))
+            previous = position + len(token)
+        pieces.append(text[previous:])
+
+        def moved(offset):
+            return offset + sum(delta for position, delta in growth if position < offset)
+
+        return "".join(pieces), [(moved(s), moved(e)) for s, e in spans]
+
     def _expand(self, input_ids, labels, token, count, tokens_for):
         token_id = self.token_id(token)
         positions = [i for i, t in enumerate(input_ids) if t == token_id]
@@ -291,7 +369,10 @@ class Template:
     def process_images(self, images: list) -> dict:
         if self.image_processor is None or not self.meta.image_token:
             raise TemplateError(f"template {self.meta.name!r} takes no images")
-        outputs = self.image_processor(images=self.load_images(images), return_tensors="pt")
+        if self.meta.image_processor_call:
+            outputs = self.meta.image_processor_call(self, self.load_images(images))
+        else:
+            outputs = self.image_processor(images=self.load_images(images), return_tensors="pt")
         return {key: value for key, value in outputs.items() if value is not None}
 
     def process_audios(self, audios: list) -> dict:
@@ -327,5 +408,6 @@ class Template:
             if key in batch or key in sequence_pads:
                 continue
             tensors = [row[key] for row in rows if key in row]
-            batch[key] = torch.cat(tensors, dim=0)
+            batched = self.meta.collate_media(key, tensors) if self.meta.collate_media else None
+            batch[key] = torch.cat(tensors, dim=0) if batched is None else batched
         return batch

@@ -1,0 +1,72 @@
+"""Tiny Qwen3-VL checkpoint: real Qwen3VLConfig (16-px patches, learned position embeddings, DeepStack
+mergers, interleaved M-RoPE), Qwen3-VL tokens and template, the PIL Qwen2-VL image processor with the
+official Qwen3-VL settings except a smaller pixel range (the hub's minimum is 256x256)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swiftlite.testing.families.qwen_text import qwen_tokenizer
+from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json
+
+FAMILY = "qwen3-vl"
+
+
+def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
+          vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
+          min_pixels: int = 64 * 64, max_pixels: int = 256 * 256) -> Path:
+    import torch
+    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out_dir = Path(out_dir)
+    facts = fixture_facts("qwen3-vl")
+    tokenizer = qwen_tokenizer(facts, fixture_chat_template("qwen3-vl"))
+    ids = {t["content"]: tokenizer.convert_tokens_to_ids(t["content"]) for t in facts["tokenizer"]["added_tokens"]}
+
+    pre = facts["preprocessor"]
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, patch_size=pre["patch_size"],
+        temporal_patch_size=pre["temporal_patch_size"], merge_size=pre["merge_size"],
+        image_mean=pre["image_mean"], image_std=pre["image_std"],
+    )
+    heads = max(2, hidden_size // 16)
+    head_dim = hidden_size // heads
+    # Interleaved M-RoPE: head_dim/2 frequencies, every third one for height and width (24/20/20 of 64 on the hub).
+    half = head_dim // 2
+    section = [half - 2 * (half // 4), half // 4, half // 4]
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,
+            num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+            head_dim=head_dim, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": section,
+                             "mrope_interleaved": True},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=vision_dim, intermediate_size=vision_dim * 2,
+            num_heads=max(2, vision_dim // 16), out_hidden_size=hidden_size, patch_size=pre["patch_size"],
+            spatial_merge_size=pre["merge_size"], temporal_patch_size=pre["temporal_patch_size"], in_channels=3,
+            num_position_embeddings=16 * 16,  # a square grid of learned positions, interpolated per image
+            deepstack_visual_indexes=[0],  # one intermediate ViT layer feeds the LLM's first layer
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+    patch_json(out_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer")
+    # The hub names the torchvision class; transformers maps it to the PIL one when torchvision is absent.
+    patch_json(out_dir / "preprocessor_config.json", processor_class=pre["processor_class"],
+               image_processor_type=pre["image_processor_type"])
+    return out_dir
