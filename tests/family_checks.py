@@ -202,3 +202,19 @@ def check_prefixes(model, family):
         assert not [n for n in wrapped if any(p in "." + n for p in vision_or_aligner)]
     finally:
         peft_model.unload()
+
+
+def check_tiny_checkpoint(directory, config_class: str, special_tokens, image_token: str,
+                          image_token_attr: str = "image_token_id"):
+    """The tiny checkpoint loads like a user's: real config class, each special token one token, the config's
+    image token id is the tokenizer's, under a million parameters."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(directory)
+    assert type(config).__name__ == config_class
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    for token in special_tokens:
+        assert len(tokenizer.encode(token, add_special_tokens=False)) == 1, token
+    assert getattr(config, image_token_attr) == tokenizer.convert_tokens_to_ids(image_token)
+    model = AutoModelForImageTextToText.from_pretrained(directory)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000

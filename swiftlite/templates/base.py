@@ -82,6 +82,22 @@ class TemplateMeta:
     # Locate a reply the render of turns[:k+1] does not reproduce inside the whole render by the end_of_turn
     # token that follows the generation prompt (templates that render only the last reply differently: Qwen3).
     reply_ends_at_end_of_turn: bool = False
+    # row_inputs(template, row) -> extra inputs computed from the whole encoded row (ids, labels, media):
+    # PaliGemma's token_type_ids (1 on the labelled suffix), Mllama's cross_attention_mask (needs tile counts).
+    row_inputs: Callable[["Template", dict], dict] | None = None
+    # collate_rows(template, rows, padding_side, length) -> batched values for keys that are per sample rather
+    # than per image, so text-only rows need a filler in a mixed batch (Mllama's pixel_values, cross_attention_mask).
+    collate_rows: Callable[["Template", list, str, int], dict] | None = None
+    # raw_prompt(template, text) -> the raw completion prompt as the official processor rewrites it before
+    # tokenizing (PaliGemma: `<bos>` after the last image, `\n` at the end).
+    raw_prompt: Callable[["Template", str], str] | None = None
+    # Media the checkpoint's own code reads from the prompt text (Qwen-VL, Qwen-Audio): kind -> format with
+    # {source}, e.g. {"image": "<img>{source}</img>"}. Each placeholder of that kind becomes the formatted path
+    # or URL instead of going through an image processor.
+    inline_media: dict = field(default_factory=dict)
+    # expand_inline(template, input_ids, labels, sources {kind: [source, ...]}) -> (input_ids, labels): after
+    # tokenizing, lay out each inline span as the checkpoint's own tokenizer does (Qwen-VL: <img> + 256 + </img>).
+    expand_inline: Callable[["Template", list, list, dict], tuple[list, list]] | None = None
 
 
 class Template:
@@ -241,6 +257,8 @@ class Template:
             validate_roles(conversation)
         except ValueError as error:
             raise TemplateError(str(error)) from None
+        if not self.meta.supports_multi_turn and sum(m["role"] == "user" for m in conversation.messages) > 1:
+            raise TemplateError(f"template {self.meta.name!r} takes one user turn (no history)")
         if conversation.system is not None and not self.meta.supports_system:
             raise TemplateError(f"template {self.meta.name!r} has no system prompt")
         check_media_count(conversation.texts(), conversation.images, conversation.audios)
@@ -266,15 +284,24 @@ class Template:
             raise TemplateError(f"template {self.meta.name!r} takes no audio")
         text = prompt.replace(IMAGE_PLACEHOLDER, self.meta.raw_image_text or IMAGE_PLACEHOLDER)
         text = text.replace(AUDIO_PLACEHOLDER, self.meta.raw_audio_text or AUDIO_PLACEHOLDER)
+        if self.meta.raw_prompt:
+            text = self.meta.raw_prompt(self, text)
         return self.encode_text(text, images, audios, [])
 
     def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]]) -> dict[str, Any]:
+        inline: dict = {}
+        if self.meta.inline_media and (images or audios):
+            text, spans, inline = self._inline_media(text, spans, {"image": list(images), "audio": list(audios)})
+            images = [] if "image" in inline else images
+            audios = [] if "audio" in inline else audios
         image_inputs = self.process_images(images) if images else {}
         if images and self.meta.expand_image_text:
             text, spans = self._expand_text(text, spans, image_inputs, len(images))
         encoded = self.tokenizer(text, add_special_tokens=self.meta.add_special_tokens, return_offsets_mapping=True)
         input_ids = list(encoded["input_ids"])
         labels = self._labels(text, input_ids, encoded["offset_mapping"], spans)
+        if inline and self.meta.expand_inline:
+            input_ids, labels = self.meta.expand_inline(self, input_ids, labels, inline)
         media_inputs: dict[str, Any] = {}
         if images:
             media_inputs.update(image_inputs)
@@ -294,6 +321,8 @@ class Template:
         row.update(media_inputs)
         if self.meta.extra_inputs:
             row.update(self.meta.extra_inputs(self, input_ids))
+        if self.meta.row_inputs:
+            row.update(self.meta.row_inputs(self, row))
         return row
 
     def _labels(self, text, input_ids, offsets, spans) -> list[int]:
@@ -323,6 +352,34 @@ class Template:
             input_ids.insert(index + 1, eos_id)
             labels.insert(index + 1, eos_id)
         return labels
+
+    def _inline_media(self, text, spans, media: dict):
+        """Write each inline-media placeholder's source into the rendered text (meta.inline_media formats);
+        assistant spans after a placeholder move by the growth of the text before them."""
+        placeholders = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}
+        inline = {kind: media[kind] for kind in self.meta.inline_media if media.get(kind)}
+        replacements = []  # (position, placeholder length, replacement)
+        for kind, sources in inline.items():
+            for source in sources:
+                if not isinstance(source, str):
+                    raise TemplateError(f"template {self.meta.name!r} writes each {kind} into the prompt as a path "
+                                        f"or URL, so {kind}s must be given as paths or URLs, not decoded data")
+            token = placeholders[kind]
+            positions = [i for i in range(len(text)) if text.startswith(token, i)]
+            if len(positions) != len(sources):
+                raise TemplateError(f"the prompt holds {len(positions)} {token} placeholders but {len(sources)} {kind}s were given")
+            for position, source in zip(positions, sources):
+                replacements.append((position, len(token), self.meta.inline_media[kind].format(source=source)))
+        replacements.sort()
+        pieces, previous = [], 0
+        for position, length, replacement in replacements:
+            pieces += [text[previous:position], replacement]
+            previous = position + length
+
+        def moved(offset):
+            return offset + sum(len(r) - length for position, length, r in replacements if position < offset)
+
+        return "".join(pieces) + text[previous:], [(moved(s), moved(e)) for s, e in spans], inline
 
     def _expand_text(self, text, spans, image_inputs, count):
         """Substitute each image placeholder in the rendered text, as the official processor does before
@@ -367,7 +424,8 @@ class Template:
         return [limit_image_pixels(image, self.max_pixels) for image in loaded]
 
     def process_images(self, images: list) -> dict:
-        if self.image_processor is None or not self.meta.image_token:
+        # image_processor_call may do the official preprocessing itself (InternVL2's model-card tiling).
+        if (self.image_processor is None and not self.meta.image_processor_call) or not self.meta.image_token:
             raise TemplateError(f"template {self.meta.name!r} takes no images")
         if self.meta.image_processor_call:
             outputs = self.meta.image_processor_call(self, self.load_images(images))
@@ -404,6 +462,8 @@ class Template:
                 padding = [pad_value] * (longest - len(values))
                 padded.append(padding + values if padding_side == "left" else values + padding)
             batch[key] = torch.tensor(padded, dtype=torch.long)
+        if self.meta.collate_rows:
+            batch.update(self.meta.collate_rows(self, rows, padding_side, longest))
         for key in rows[0].keys() | set().union(*(row.keys() for row in rows)):
             if key in batch or key in sequence_pads:
                 continue
