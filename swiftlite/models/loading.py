@@ -133,6 +133,40 @@ def default_device() -> str:
 
 
 # ---- loading ------------------------------------------------------------------------------------------
+# pip distribution name -> import name, where they differ.
+_IMPORT_NAMES = {"pillow": "PIL", "opencv-python": "cv2", "scikit-learn": "sklearn"}
+
+
+def check_requirements(family: ModelFamily | None) -> dict:
+    """Fail with one clear line if a package the family's code needs is missing; return the from_pretrained
+    keyword arguments the family needs (trust_remote_code=True for checkpoints that ship their own code).
+
+    A remote-code checkpoint imports its packages (tiktoken, einops, ...) only while transformers runs its
+    code, and a missing one surfaces there as a deep ImportError: checking `family.requires` first names them
+    all at once. Packages that register their model classes on import (deepseek_vl) are imported here.
+    """
+    import importlib
+    import importlib.util
+    import re
+
+    if family is None:
+        return {}
+    modules = {}
+    for requirement in family.requires:
+        name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)
+        modules[requirement] = _IMPORT_NAMES.get(name.lower(), name.replace("-", "_"))
+    missing = [req for req, module in modules.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        names = ", ".join(re.match(r"[A-Za-z0-9_.\-]+", req).group(0) for req in missing)
+        command = " ".join(f"'{req}'" if set(req) & set("<>=@ ") else req for req in missing)
+        raise UserError(f"{family.name} needs the packages: {names} (pip install {command})")
+    if not family.remote_code:
+        return {}
+    for module in modules.values():
+        importlib.import_module(module)
+    return {"trust_remote_code": True}
+
+
 def load_tokenizer(model_dir: Path, family: ModelFamily | None = None):
     """Tokenizer with the checkpoint's processors attached (templates read them from it).
 
@@ -143,7 +177,8 @@ def load_tokenizer(model_dir: Path, family: ModelFamily | None = None):
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    remote = check_requirements(family)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, **remote)
     if getattr(tokenizer, "chat_template", None) is None:
         tokenizer.chat_template = _chat_template_from_files(model_dir)
     if (model_dir / "preprocessor_config.json").is_file():
@@ -151,11 +186,11 @@ def load_tokenizer(model_dir: Path, family: ModelFamily | None = None):
         if "image_processor_type" in settings:
             from transformers import AutoImageProcessor
 
-            tokenizer.swiftlite_image_processor = AutoImageProcessor.from_pretrained(model_dir)
+            tokenizer.swiftlite_image_processor = AutoImageProcessor.from_pretrained(model_dir, **remote)
         if "feature_extractor_type" in settings:
             from transformers import AutoFeatureExtractor
 
-            tokenizer.swiftlite_feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+            tokenizer.swiftlite_feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, **remote)
     if (model_dir / "processor_config.json").is_file():
         tokenizer.swiftlite_processor_config = json.loads((model_dir / "processor_config.json").read_text())
     tokenizer.swiftlite_model_config = read_config(model_dir)
@@ -175,8 +210,10 @@ def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_ma
     """The model in eval mode on `device` (or spread by `device_map`, e.g. 'auto' over several GPUs)."""
     import transformers
 
+    kwargs = check_requirements(family)
     auto_class = getattr(transformers, family.auto_class)
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = auto_class.from_pretrained(model_dir, **kwargs)

@@ -39,6 +39,9 @@ class ModelFamily:
     remote_code: bool = False
     tested_offline: bool = True
     notes: str = ""
+    # Top-level config.json keys a checkpoint must have to belong to this family: several remote-code families
+    # share one architecture name (QWenLMHeadModel is Qwen, Qwen-VL and Qwen-Audio; only `visual`/`audio` differ).
+    config_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,12 @@ def get_model_type(name: str) -> ModelSpec:
 def family_for_config(config: dict) -> ModelFamily | None:
     """Detect the family of any checkpoint from its config.json."""
     architectures = config.get("architectures") or []
-    for family in FAMILIES.values():
+    candidates = [f for f in FAMILIES.values() if all(key in config for key in f.config_keys)]
+    for family in candidates:
         if any(arch in family.architectures for arch in architectures):
             return family
     model_type = config.get("model_type")
-    for family in FAMILIES.values():
+    for family in candidates:
         if model_type in family.config_model_types:
             return family
     return None
