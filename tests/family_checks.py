@@ -50,10 +50,14 @@ def training_conversation() -> Conversation:
     return Conversation(convo.messages + [{"role": "assistant", "content": "blue"}], convo.images)
 
 
-def official_messages(conversation: Conversation) -> list[dict]:
-    """The conversation written the way users of the official processor write it (content-part lists)."""
+def official_messages(conversation: Conversation, string_roles=()) -> list[dict]:
+    """The conversation written the way users of the official processor write it (content-part lists; plain
+    strings for the roles whose content the template prints raw, e.g. GLM-4.1V's system and assistant)."""
     messages = []
     for message in conversation.messages:
+        if message["role"] in string_roles:
+            messages.append(dict(message))
+            continue
         parts = []
         for index, piece in enumerate(message["content"].split("<image>")):
             if index:
@@ -64,11 +68,11 @@ def official_messages(conversation: Conversation) -> list[dict]:
     return messages
 
 
-def official_encode(processor, conversation: Conversation, add_generation_prompt: bool) -> dict:
+def official_encode(processor, conversation: Conversation, add_generation_prompt: bool, string_roles=()) -> dict:
     """What `processor.apply_chat_template(..., tokenize=True)` does: render, then run the processor on the text,
     without the tokenizer's own special tokens when the render already starts with bos."""
-    text = processor.apply_chat_template(official_messages(conversation), add_generation_prompt=add_generation_prompt,
-                                         tokenize=False)
+    text = processor.apply_chat_template(official_messages(conversation, string_roles),
+                                         add_generation_prompt=add_generation_prompt, tokenize=False)
     bos = processor.tokenizer.bos_token
     return processor(text=[text], images=list(conversation.images) or None, return_tensors="pt",
                      add_special_tokens=not (bos is not None and text.startswith(bos)))
@@ -87,7 +91,8 @@ def check_generation_prompt(template, processor, case: str, media_keys=("pixel_v
     `expanded_token`: the token an image expands to, when it is not the template's placeholder (Gemma 3)."""
     conversation = BATTERY[case]
     ours = template.encode(conversation)
-    official = official_encode(processor, conversation, add_generation_prompt=True)
+    official = official_encode(processor, conversation, add_generation_prompt=True,
+                               string_roles=template.meta.string_content_roles)
     assert ours["input_ids"] == official["input_ids"][0].tolist()
     assert "labels" not in ours
     if conversation.images:
@@ -126,7 +131,8 @@ def check_labels(template, processor, end_of_turn: str | None = None, replies=("
     image_id = template.token_id(template.meta.image_token)
     assert all(ids[i] != image_id for i in labelled)
 
-    official = official_encode(processor, conversation, add_generation_prompt=False)["input_ids"][0].tolist()
+    official = official_encode(processor, conversation, add_generation_prompt=False,
+                               string_roles=template.meta.string_content_roles)["input_ids"][0].tolist()
     if template.meta.end_of_turn:
         assert ids == official
     else:

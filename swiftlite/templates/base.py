@@ -98,6 +98,12 @@ class TemplateMeta:
     # expand_inline(template, input_ids, labels, sources {kind: [source, ...]}) -> (input_ids, labels): after
     # tokenizing, lay out each inline span as the checkpoint's own tokenizer does (Qwen-VL: <img> + 256 + </img>).
     expand_inline: Callable[["Template", list, list, dict], tuple[list, list]] | None = None
+    # Roles whose content the chat template prints as a raw string (GLM-4.1V: system and assistant), while the
+    # other roles still get content-part lists (string_content is the same for every role).
+    string_content_roles: tuple[str, ...] = ()
+    # Tokens that also end a reply, beyond eos and end_of_turn: where a template closes no turn, the model ends
+    # its reply by starting the next turn (GLM-4.1V: `<|user|>`, `<|observation|>`).
+    stop_tokens: tuple[str, ...] = ()
 
 
 class Template:
@@ -150,6 +156,7 @@ class Template:
             ids += value if isinstance(value, (list, tuple)) else [value]
         if self.meta.end_of_turn:
             ids.append(self.token_id(self.meta.end_of_turn))
+        ids += [self.token_id(token) for token in self.meta.stop_tokens]
         return sorted(set(ids))
 
     @property
@@ -157,12 +164,13 @@ class Template:
         words = [self.meta.end_of_turn] if self.meta.end_of_turn else []
         if self.tokenizer.eos_token:
             words.append(self.tokenizer.eos_token)
+        words += self.meta.stop_tokens
         return list(dict.fromkeys(words))
 
     # ---- rendering ---------------------------------------------------------------------------------
     def _template_message(self, message: dict) -> dict:
         """Our placeholder text -> the content-parts list the official chat templates iterate over."""
-        if self.meta.string_content:
+        if self.meta.string_content or message["role"] in self.meta.string_content_roles:
             return {"role": message["role"], "content": message["content"]}
         parts: list[dict] = []
         text = message["content"]

@@ -1,0 +1,45 @@
+"""GLM-4.1V: the checkpoint's own template, `[gMASK]<sop>` then `<|system|>`/`<|user|>`/`<|assistant|>` turns;
+each image is `<|begin_of_image|><|image|><|end_of_image|>`.
+
+Official rule (Glm4vProcessor.replace_image_token): `<|image|>` x grid_t*grid_h*grid_w // merge_size**2, with
+14-px patches merged 2x2 (28-px units, as Qwen2-VL); mm_token_type_ids (1 on image tokens) drive M-RoPE.
+
+The template prints system and assistant contents as raw strings (only user turns take content-part lists), so
+those two roles are given plain strings.
+
+The template closes no turn: a reply is followed directly by the next `<|user|>`. So end_of_turn is None and
+training appends the tokenizer's eos (`<|endoftext|>`) after each reply (labelled, so the model learns to stop),
+as the GLM-4.1V training data ends replies; at generation time the model may instead stop by starting a new
+turn, so `<|user|>` and `<|observation|>` also end a reply (the hub generation_config lists the same three
+ids: 151329, 151336, 151338). The Thinking checkpoint answers as `<think>...</think><answer>...</answer>`: that
+text is the reply and is returned as generated.
+"""
+
+from swiftlite.templates.base import TemplateMeta
+
+
+def num_image_tokens(template, image_inputs: dict, index: int) -> int:
+    merge_size = getattr(template.image_processor, "merge_size", 2)
+    return int(image_inputs["image_grid_thw"][index].prod()) // merge_size**2
+
+
+def mm_token_type_ids(template, input_ids: list[int]) -> dict:
+    # Glm4vProcessor.create_mm_token_type_ids: 1 on `<|image|>` tokens of images (2 inside video segments, which
+    # swiftlite does not send). Without it, transformers falls back to 1-D positions.
+    image_id = template.token_id("<|image|>")
+    return {"mm_token_type_ids": [1 if t == image_id else 0 for t in input_ids]}
+
+
+GLM4V_TEMPLATE = TemplateMeta(
+    name="glm4_1v",
+    image_token="<|image|>",
+    raw_image_text="<|begin_of_image|><|image|><|end_of_image|>",
+    end_of_turn=None,
+    # The render starts with `[gMASK]<sop>` already; the tokenizer must not add them again.
+    add_special_tokens=False,
+    num_image_tokens=num_image_tokens,
+    extra_inputs=mm_token_type_ids,
+    sequence_keys={"mm_token_type_ids": 0},
+    string_content_roles=("system", "assistant"),
+    stop_tokens=("<|user|>", "<|observation|>"),
+)
