@@ -1,4 +1,4 @@
-"""Generate the toy dataset shipped in examples/shapes/: small images of coloured shapes with questions.
+"""Generate the toy dataset shipped in examples/shapes/: small images of coloured shapes, each asked its colour.
 
 Usage: python scripts/make_shapes_dataset.py [--out examples/shapes] [--per_class 8] [--val_per_class 2]
 
@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 205, 40)}
 SHAPES = ("circle", "square", "triangle")
-QUESTIONS = {"colour": "What colour is the shape?", "shape": "What shape is it?"}
+# Colour is what a tiny random-weight vision tower lets the demo model learn in a minute on a CPU; shapes
+# stay in the pictures (and the file names) so the set can grow harder questions later.
+QUESTION = "What colour is the shape?"
 
 
 def draw(shape: str, colour: tuple, rng: random.Random, size: int = 56) -> Image.Image:
@@ -37,19 +39,16 @@ def draw(shape: str, colour: tuple, rng: random.Random, size: int = 56) -> Image
     return image
 
 
-def rows_for(image_name: str, colour: str, shape: str) -> list[dict]:
+def rows_for(image_name: str, colour: str) -> list[dict]:
     tag = f"Picture 1:<img>images/{image_name}</img>\n"
-    return [
-        {"conversations": [{"from": "user", "value": tag + QUESTIONS["colour"]}, {"from": "assistant", "value": colour}]},
-        {"conversations": [{"from": "user", "value": tag + QUESTIONS["shape"]}, {"from": "assistant", "value": shape}]},
-    ]
+    return [{"conversations": [{"from": "user", "value": tag + QUESTION}, {"from": "assistant", "value": colour}]}]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="examples/shapes")
-    parser.add_argument("--per_class", type=int, default=6)
-    parser.add_argument("--val_per_class", type=int, default=2)
+    parser.add_argument("--per_class", type=int, default=8)
+    parser.add_argument("--val_per_class", type=int, default=3)
     args = parser.parse_args()
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -61,7 +60,7 @@ def main() -> None:
                 split = "train" if index < args.per_class else "val"
                 name = f"{split}_{colour}_{shape}_{index}.png"
                 draw(shape, rgb, rng).save(out / "images" / name, optimize=True)
-                splits[split] += rows_for(name, colour, shape)
+                splits[split] += rows_for(name, colour)
     for split, rows in splits.items():
         (out / f"{split}.json").write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {len(rows)} rows to {out / f'{split}.json'}")

@@ -48,7 +48,8 @@ class SamplingParams:
                 value = getattr(generation_config, name, None)
                 if value is not None:
                     setattr(params, name, value)
-            if getattr(generation_config, "do_sample", None) is False:
+            if not getattr(generation_config, "do_sample", None):
+                # transformers decodes greedily unless the config says do_sample (LLaVA's says nothing).
                 params.temperature = 0.0
         for name, value in overrides.items():
             if value is not None:

@@ -11,7 +11,9 @@ FAMILY = "qwen2-vl"
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
                    vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
-                   max_pixels: int | None = None) -> Path:
+                   max_pixels: int | None = None, tie_word_embeddings: bool = True,
+          initializer_range: float = 0.02) -> Path:
+    # Qwen2-VL-2B ties its output head to the embeddings; 7B and 72B do not (tie_word_embeddings=False).
     import torch
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -43,8 +45,8 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,
             num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-            max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": section},
-            tie_word_embeddings=True, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            initializer_range=initializer_range, max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": section},
+            tie_word_embeddings=tie_word_embeddings, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
@@ -54,7 +56,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
