@@ -94,6 +94,9 @@ class RowSampler:
                 values = logits[seen]
                 logits = logits.clone()
                 logits[seen] = torch.where(values < 0, values * p.repetition_penalty, values / p.repetition_penalty)
+            # Log-probabilities report the model's own distribution (after the repetition penalty), not the
+            # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings.
+            model_logits = logits
             if p.sampling:
                 logits = logits / max(p.temperature, 1e-5)
                 if p.top_k and p.top_k > 0:
@@ -108,7 +111,7 @@ class RowSampler:
             else:
                 token = int(torch.argmax(logits).item())
             if p.logprobs:
-                log_probs = torch.log_softmax(logits, dim=-1)
+                log_probs = torch.log_softmax(model_logits, dim=-1)
                 top = torch.topk(log_probs, max(p.top_logprobs, 0)) if p.top_logprobs else None
                 self.step_logprobs[row].append({
                     "token_id": token,
