@@ -18,6 +18,8 @@ _LAZY = {
     "inference_client": ("swiftlite.client", "inference_client"),
     "inference_client_async": ("swiftlite.client", "inference_client_async"),
     "XRequestConfig": ("swiftlite.client", "XRequestConfig"),
+    "get_model_list_client_async": ("swiftlite.client", "get_model_list_client_async"),
+    "convert_to_base64": ("swiftlite.client", "convert_to_base64"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,7 +1,285 @@
-"""`mm deploy` (being written).
+"""Serve a model over an OpenAI-compatible HTTP API (chat, completions, LoRA adapters by name, batching).
 
-placeholder
+    mm deploy --model_type qwen2-vl-2b-instruct
+    mm deploy --ckpt_dir output/qwen2-vl-2b-instruct/v0-xxx/checkpoint-100      # LoRA or -merged checkpoint
+    mm deploy --model DIR --lora_modules style=out/ckpt-50 --api_key SECRET --port 8000
+
+Call it with curl, the official `openai` SDK (base_url http://HOST:PORT/v1) or `swiftlite.client`; requests may
+carry images as http(s) URLs, data URLs, base64 or `<img>...</img>` tags. See docs/deploy.md for the API,
+the error codes and the security options. The server answers on 127.0.0.1 unless --host says otherwise.
+Open http://HOST:PORT/ in a browser for a chat page (images, audio, streaming; docs/web_ui.md).
 """
 
-def deploy() -> None:
-    raise NotImplementedError
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from swiftlite.errors import UserError
+from swiftlite.options import flag, opt
+
+S = "Server: "  # help prefixes that group the flags in --help
+L = "Limits: "
+M = "Media: "
+
+
+def deploy(
+    model_type: Annotated[str | None, opt("model_type", "Registered model type, e.g. qwen2-vl-2b-instruct (`mm list`).")] = None,
+    model: Annotated[str | None, opt("model", "Local checkpoint directory or hub id.", "--model_id_or_path", "--model-id-or-path")] = None,
+    ckpt_dir: Annotated[str | None, opt("ckpt_dir", "Checkpoint of `mm sft` (LoRA: served with its adapter applied) or of "
+                                        "`mm export` (-merged); its sft_args.json names the base model.")] = None,
+    template_type: Annotated[str | None, opt("template_type", "Template override (default: the model's; `mm list templates`).")] = None,
+    system: Annotated[str | None, opt("system", "Default system prompt for chat requests that bring none.")] = None,
+    dtype: Annotated[str, opt("dtype", "auto, bf16, fp16 or fp32 (auto: the checkpoint's dtype on GPU, fp32 on CPU).")] = "auto",
+    device_map: Annotated[str | None, opt("device_map", "transformers device_map, e.g. auto to spread a large model over "
+                                          "all visible GPUs (default: one device, CUDA when available).")] = None,
+    use_hf: Annotated[bool | None, flag("use_hf", "Download from the Hugging Face Hub instead of ModelScope (also USE_HF=1).")] = None,
+    max_pixels: Annotated[int | None, opt("max_pixels", "Downscale larger images to at most this many pixels.")] = None,
+    host: Annotated[str, opt("host", S + "address to listen on; 0.0.0.0 exposes the server to the network.")] = "127.0.0.1",
+    port: Annotated[int, opt("port", S + "TCP port.")] = 8000,
+    api_key: Annotated[str | None, opt("api_key", S + "require 'Authorization: Bearer KEY' on /v1 routes "
+                                       "(default: open; set it whenever --host is not 127.0.0.1).")] = None,
+    served_model_name: Annotated[str | None, opt("served_model_name", S + "the model's name in /v1/models and in "
+                                                 "requests' `model` (default: the model type).")] = None,
+    lora_modules: Annotated[list[str] | None, opt("lora_modules", S + "extra LoRA adapters, each served under its own "
+                                                  "name: --lora_modules NAME=DIR NAME2=DIR2.")] = None,
+    max_batch_size: Annotated[int, opt("max_batch_size", S + "most rows (prompts x n) generated together in one batch.")] = 16,
+    batch_wait_ms: Annotated[float, opt("batch_wait_ms", S + "how long a new batch may wait for requests still "
+                                        "expected (the clients of the batch that just ended), in milliseconds.")] = 50.0,
+    max_queue: Annotated[int, opt("max_queue", S + "most requests waiting for a batch; more get HTTP 429.")] = 256,
+    shutdown_timeout: Annotated[float, opt("shutdown_timeout", S + "on SIGTERM/Ctrl-C, seconds in-flight requests "
+                                           "may take to finish; then they end with finish_reason abort.")] = 10.0,
+    log_level: Annotated[str, opt("log_level", S + "uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    ssl_keyfile: Annotated[str | None, opt("ssl_keyfile", S + "serve HTTPS with this private key (with --ssl_certfile).")] = None,
+    ssl_certfile: Annotated[str | None, opt("ssl_certfile", S + "serve HTTPS with this certificate (with --ssl_keyfile).")] = None,
+    max_model_len: Annotated[int | None, opt("max_model_len", L + "longest prompt + completion in tokens; longer "
+                                             "requests get a 400 (default: the model's max_position_embeddings).")] = None,
+    max_new_tokens: Annotated[int, opt("max_new_tokens", L + "completion length when a request gives no max_tokens.")] = 2048,
+    max_request_bytes: Annotated[int, opt("max_request_bytes", L + "largest request body; larger get HTTP 413.")] = 32 * 1024 * 1024,
+    limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", L + "most media per request, e.g. image=4,audio=1 "
+                                                   "or '{\"image\": 4}' (default: no limit).")] = None,
+    allowed_local_media_path: Annotated[str | None, opt("allowed_local_media_path", M + "let requests name local files "
+                                                        "(paths, file:// URLs) under this directory; relative paths "
+                                                        "resolve in it (default: local files refused).")] = None,
+    media_fetch: Annotated[bool, flag("media_fetch", M + "fetch http(s) image/audio URLs named in requests.")] = True,
+    media_fetch_timeout: Annotated[float, opt("media_fetch_timeout", M + "seconds allowed for fetching one URL.")] = 10.0,
+    max_media_bytes: Annotated[int, opt("max_media_bytes", M + "largest fetched or base64 media item in bytes.")] = 20 * 1024 * 1024,
+    web_ui: Annotated[bool, flag("web_ui", S + "serve a chat page at / (images, audio, streaming; calls this "
+                                 "server's /v1 API): --web_ui false turns it off.")] = True,
+) -> None:
+    check_flags(locals())
+    sock = listen(host, port)  # before the load, which can take minutes: a busy port fails at once
+    app = build_app(
+        model_type=model_type, model=model, ckpt_dir=ckpt_dir, template_type=template_type, system=system, dtype=dtype,
+        device_map=device_map, use_hf=use_hf, max_pixels=max_pixels, api_key=api_key,
+        served_model_name=served_model_name, lora_modules=lora_modules, max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
+        max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
+        limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
+        media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
+        web_ui=web_ui,
+    )
+    serve(app, sock, host, log_level, shutdown_timeout, ssl_keyfile, ssl_certfile, api_key)
+
+
+# ---- flags -----------------------------------------------------------------------------------------------
+def check_flags(flags: dict) -> None:
+    """Fail on a bad flag before loading anything (the load can take minutes)."""
+    from swiftlite.models.loading import DTYPE_ALIASES
+
+    positive = ("max_batch_size", "max_queue", "max_new_tokens", "max_request_bytes", "max_media_bytes",
+                "media_fetch_timeout")
+    for name in positive:
+        if flags[name] is not None and flags[name] <= 0:
+            raise UserError(f"--{name} {flags[name]}: expected a positive number")
+    for name in ("batch_wait_ms", "shutdown_timeout"):
+        if flags[name] < 0:
+            raise UserError(f"--{name} {flags[name]}: expected a number >= 0")
+    if flags["max_model_len"] is not None and flags["max_model_len"] < 2:
+        raise UserError(f"--max_model_len {flags['max_model_len']}: expected at least 2 tokens")
+    if not 0 <= flags["port"] <= 65535:
+        raise UserError(f"--port {flags['port']}: expected 0 to 65535")
+    if flags["api_key"] is not None and not flags["api_key"].strip():
+        raise UserError("--api_key is empty: give a secret, or leave the flag out for an open server")
+    if bool(flags["ssl_keyfile"]) != bool(flags["ssl_certfile"]):
+        raise UserError("--ssl_keyfile and --ssl_certfile go together: give both for HTTPS, or neither")
+    for name in ("ssl_keyfile", "ssl_certfile"):
+        if flags[name] and not Path(flags[name]).is_file():
+            raise UserError(f"--{name} {flags[name]}: no such file")
+    if flags["log_level"] not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise UserError(f"--log_level {flags['log_level']}: expected critical, error, warning, info or debug")
+    if flags["dtype"].lower() != "auto" and flags["dtype"].lower() not in DTYPE_ALIASES:
+        raise UserError(f"--dtype {flags['dtype']}: expected auto, bf16, fp16 or fp32")
+    parse_lora_modules(flags["lora_modules"])
+    parse_limit_mm(flags["limit_mm_per_prompt"])
+    media_dir = flags["allowed_local_media_path"]
+    if media_dir is not None and not Path(media_dir).expanduser().is_dir():
+        raise UserError(f"--allowed_local_media_path {media_dir}: no such directory")
+
+
+def parse_lora_modules(values: list[str] | None) -> list[tuple[str, str]]:
+    modules, names = [], set()
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--lora_modules {value}: expected NAME=DIR, e.g. --lora_modules "
+                            "style=output/checkpoint-50")
+        if name in names:
+            raise UserError(f"--lora_modules: the name {name!r} is given twice")
+        if not (Path(path).expanduser() / "adapter_config.json").is_file():
+            raise UserError(f"--lora_modules {value}: {path} holds no adapter_config.json (not a LoRA checkpoint)")
+        names.add(name)
+        modules.append((name, str(Path(path).expanduser().resolve())))
+    return modules
+
+
+def parse_limit_mm(value: str | None) -> dict[str, int]:
+    """'image=4,audio=1' (vLLM's older spelling) or '{"image": 4}' (JSON, as vLLM and Xinference take it)."""
+    if not value:
+        return {}
+    try:
+        pairs = json.loads(value).items() if value.strip().startswith("{") else \
+            [item.split("=", 1) for item in value.split(",") if item.strip()]
+        limits = {str(kind).strip(): int(count) for kind, count in pairs}
+    except (ValueError, AttributeError, json.JSONDecodeError):
+        raise UserError(f"--limit_mm_per_prompt {value}: expected image=N,audio=M or JSON like "
+                        "'{\"image\": 4}'") from None
+    for kind, count in limits.items():
+        if kind not in ("image", "audio"):
+            raise UserError(f"--limit_mm_per_prompt {value}: unknown kind {kind!r} (expected image or audio)")
+        if count < 0:
+            raise UserError(f"--limit_mm_per_prompt {value}: {kind}={count} must be >= 0")
+    return limits
+
+
+# ---- load and assemble -----------------------------------------------------------------------------------
+def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, system=None, dtype="auto",
+              device_map=None, use_hf=None, max_pixels=None, api_key=None, served_model_name=None,
+              lora_modules=None, max_batch_size=16, batch_wait_ms=50.0, max_queue=256, shutdown_timeout=10.0,
+              max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
+              allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
+              max_media_bytes=20 * 1024 * 1024, web_ui=True):
+    """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
+    from swiftlite.engine.worker import BatchingEngine
+    from swiftlite.media import MediaPolicy
+    from swiftlite.models.checkpoint import load_for_inference
+    from swiftlite.server.app import ServedModel, ServerSettings, create_app
+    from swiftlite.server.metrics import Metrics
+    from swiftlite.server.protocol import RequestLimits
+
+    # 1. What requests may read: local files only under --allowed_local_media_path, URLs unless refused.
+    media_dir = str(Path(allowed_local_media_path).expanduser().resolve()) if allowed_local_media_path else None
+    policy = MediaPolicy(allowed_local_dir=media_dir, allow_local=media_dir is not None, allow_urls=media_fetch,
+                         fetch_timeout=media_fetch_timeout, max_bytes=max_media_bytes, base_dir=media_dir)
+    adapters = parse_lora_modules(lora_modules)
+
+    # 2. The model, its template and the adapters: the model's own name, then each --lora_modules name.
+    loaded = load_for_inference(model_type, model, ckpt_dir, dtype, device_map, use_hf, system, max_pixels, policy,
+                                template_type)
+    name = served_model_name or loaded.resolved.model_type
+    is_chat = bool(loaded.template.chat_template) and loaded.resolved.is_chat
+    is_multimodal = any(kind in loaded.resolved.family.modalities for kind in ("image", "audio", "video"))
+    root = str(loaded.checkpoint.ckpt_dir) if loaded.checkpoint else str(loaded.resolved.model_dir)
+    modalities = tuple(loaded.resolved.family.modalities)
+    served = [ServedModel(name, "default" if loaded.adapters else None, root, None, is_chat, is_multimodal,
+                          modalities=modalities)]
+    model_object = loaded.model
+    for index, (adapter_name, path) in enumerate(adapters):
+        if adapter_name == name:
+            raise UserError(f"--lora_modules {adapter_name}={path}: the name is the served model's own; choose another")
+        internal = f"lora{index}"  # peft adapter names become module keys: keep users' names (dots...) out of them
+        model_object = load_adapter(model_object, path, internal, adapter_name)
+        served.append(ServedModel(adapter_name, internal, path, name, is_chat, is_multimodal, modalities=modalities))
+
+    # 3. The engine that owns the model, and the HTTP app in front of it.
+    metrics = Metrics()
+    engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
+                            batch_wait=batch_wait_ms / 1000, metrics=metrics)
+    limits = RequestLimits(max_batch_size=max_batch_size, limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
+                           max_model_len=max_model_len or model_max_length(loaded.tokenizer),
+                           default_max_tokens=max_new_tokens)
+    settings = ServerSettings(api_key=api_key, max_request_bytes=max_request_bytes, limits=limits,
+                              shutdown_timeout=shutdown_timeout, web_ui=web_ui)
+    generation_config = getattr(model_object, "generation_config", None)
+    return create_app(engine, loaded.template, served, settings, generation_config, metrics)
+
+
+def load_adapter(model, path: str, internal_name: str, public_name: str):
+    """Add one LoRA adapter to the model (wrapping it in a PeftModel the first time)."""
+    from peft import PeftModel
+
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(path, adapter_name=internal_name)
+        else:
+            model = PeftModel.from_pretrained(model, path, adapter_name=internal_name)
+    except Exception as error:  # shape mismatch, wrong base model, broken files: all the user's to fix
+        raise UserError(f"--lora_modules {public_name}={path}: cannot load it onto this model "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+    model.eval()
+    return model
+
+
+def model_max_length(tokenizer) -> int:
+    """The longest sequence the model takes: text_config.max_position_embeddings, as vLLM derives it."""
+    config = getattr(tokenizer, "swiftlite_model_config", None) or {}
+    for section in (config.get("text_config") or {}, config.get("llm_config") or {}, config):
+        value = section.get("max_position_embeddings") or section.get("seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    length = getattr(tokenizer, "model_max_length", None)
+    return length if isinstance(length, int) and 0 < length < 10**7 else 4096
+
+
+# ---- run -------------------------------------------------------------------------------------------------
+def listen(host: str, port: int):
+    """The server's socket, bound here so that a busy port is one clear line rather than uvicorn's log and exit."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error}); "
+                        "choose another --port or stop the other server") from None
+    return sock
+
+
+def serve(app, sock, host: str, log_level: str = "info", shutdown_timeout: float = 10.0,
+          ssl_keyfile: str | None = None, ssl_certfile: str | None = None, api_key: str | None = None) -> None:
+    """Run uvicorn on the bound socket until SIGTERM or Ctrl-C; in-flight requests get `shutdown_timeout` seconds."""
+    import signal
+
+    import uvicorn
+
+    scheme = "https" if ssl_certfile else "http"
+    models = ", ".join(m.name for m in app.state.server.models)
+    print(f"[INFO:swiftlite] serving {models} on {scheme}://{host}:{sock.getsockname()[1]}/v1", file=sys.stderr)
+    if app.state.server.settings.web_ui:
+        print(f"[INFO:swiftlite] chat page: {scheme}://{host}:{sock.getsockname()[1]}/ (--web_ui false turns it off)",
+              file=sys.stderr)
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"[WARNING:swiftlite] --host {host} without --api_key: anyone who can reach this port can use the "
+              "model", file=sys.stderr)
+    engine = app.state.server.engine
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/Ctrl-C, in-flight generations get --shutdown_timeout seconds, then end with finish_reason
+        "abort", so their clients still receive a well-formed answer before uvicorn closes the connections."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            engine.drain(shutdown_timeout)
+
+    # uvicorn's own bound comes a little later than ours: it is for flushing the aborted answers.
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout + 5,
+                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
+    # uvicorn re-raises the signal that stopped it once it has shut down cleanly. With the default handlers
+    # that would kill the process (exit 143 for SIGTERM) after a clean shutdown; these make it exit 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
+    DrainingServer(config).run(sockets=[sock])
