@@ -172,7 +172,7 @@ def dataset_rows(target: Target, val_dataset, load_dataset_config: bool, strict:
             raise UserError("--load_dataset_config true needs --ckpt_dir of an `mm sft` checkpoint whose sft_args.json "
                             "records its dataset")
         # Exactly the sft run's split: the same files, val_dataset, test ratio, seed and strictness.
-        recorded = {key: args[key] for key in ("dataset", "val_dataset", "dataset_test_ratio", "seed", "strict")
+        recorded = {key: args[key] for key in ("dataset", "val_dataset", "dataset_test_ratio", "seed", "strict", "use_hf")
                     if args.get(key) is not None}
         _, rows, skipped = data.load_train_val(**recorded)
         if not rows:

@@ -1,7 +1,7 @@
-"""List model types, templates and families: hub ids, architecture, modalities, template.
+"""List model types, templates, families and named datasets: hub ids, architecture, modalities, template.
 
 `mm list` shows every model type; `mm list families` one row per family with what it supports;
-`mm list templates` the template types.
+`mm list templates` the template types; `mm list datasets` the names `--dataset` accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import typer
 
 from swiftlite.options import opt
 
-WHAT = ("models", "families", "templates")
+WHAT = ("models", "families", "templates", "datasets")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -61,15 +61,28 @@ def templates_table() -> str:
     return _table(["template", "media", "end of turn", "families"], rows)
 
 
+def datasets_table() -> str:
+    from swiftlite.dataset_registry import DATASETS
+
+    rows = [
+        [d.name, d.task, d.modalities, f"{d.rows:,}", "+".join(d.splits), "/".join(d.subsets), d.licence,
+         d.modelscope_id or "-", d.hf_id or "-"]
+        for d in DATASETS.values()
+    ]
+    return _table(["dataset", "task", "media", "rows", "splits", "subsets", "licence", "modelscope",
+                   "huggingface"], rows)
+
+
 def list_command(
-    what: Annotated[str, typer.Argument(help="models (default), families or templates")] = "models",
+    what: Annotated[str, typer.Argument(help="models (default), families, templates or datasets")] = "models",
     family: Annotated[str | None, opt("family", "Only rows of this family.")] = None,
 ) -> None:
     if what not in WHAT:
         from swiftlite.errors import UserError
 
         raise UserError(f"mm list {what}: expected one of {', '.join(WHAT)}")
-    table = {"models": models_table, "families": families_table, "templates": templates_table}[what]()
+    table = {"models": models_table, "families": families_table, "templates": templates_table,
+             "datasets": datasets_table}[what]()
     if family:
         table = "\n".join(line for i, line in enumerate(table.splitlines()) if i < 2 or f" {family} " in f" {line} ")
     print(table)
