@@ -1,46 +1,24 @@
-"""Our template encoding equals the official chat template + official processor, token for token.
+"""Qwen2-VL and LLaVA-1.5: our template encoding equals the official chat template + official processor.
 
-For each family the official processor class from transformers (LlavaProcessor, Qwen2VLProcessor) renders
-the checkpoint's own chat template and expands image placeholders its own way; our Template must produce
-the same input_ids (and pixel values, and Qwen2-VL's mm_token_type_ids) on a battery of conversations.
+For each family the official processor class from transformers (LlavaProcessor, Qwen2VLProcessor) renders the
+checkpoint's own chat template and expands image placeholders its own way; our Template must produce the same
+input_ids (and pixel values, and Qwen2-VL's mm_token_type_ids) on the shared battery of conversations
+(tests/family_checks.py), and label exactly the assistant replies.
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
 from PIL import Image
 
+from family_checks import BATTERY, check_generation_prompt, check_labels
 from swiftlite.conversation import Conversation
 from swiftlite.models.loading import load_tokenizer
-from swiftlite.templates import IGNORE_INDEX, get_template
+from swiftlite.templates import get_template
 
 TEMPLATE_OF = {"qwen2-vl": "qwen2-vl", "llava1_5": "llava1_5"}
-
-RED = Image.new("RGB", (56, 84), (255, 0, 0))
-GREEN = Image.new("RGB", (100, 60), (0, 255, 0))
-BLUE = Image.new("RGB", (30, 30), (0, 0, 255))
-
-BATTERY = {
-    "text only": Conversation([{"role": "user", "content": "hello world"}]),
-    "one image": Conversation([{"role": "user", "content": "<image>what is in this image?"}], [RED]),
-    "two images in one turn": Conversation(
-        [{"role": "user", "content": "Picture 1:<image>\nPicture 2:<image>\nwhich shape is red?"}], [RED, GREEN]
-    ),
-    "multi-turn, images in several turns": Conversation(
-        [
-            {"role": "user", "content": "<image>what colour is it?"},
-            {"role": "assistant", "content": "red"},
-            {"role": "user", "content": "and this one? <image>"},
-            {"role": "assistant", "content": "green"},
-            {"role": "user", "content": "<image>and the last?"},
-        ],
-        [RED, GREEN, BLUE],
-    ),
-    "system prompt": Conversation(
-        [{"role": "system", "content": "answer in one word"}, {"role": "user", "content": "<image>what shape?"}], [RED]
-    ),
-}
+CHECKED = {"qwen2-vl": dict(media_keys=("pixel_values", "image_grid_thw"), sequence_keys=("mm_token_type_ids",)),
+           "llava1_5": dict(media_keys=("pixel_values",))}
 
 
 def official_processor(family: str, checkpoint_dir, tokenizer):
@@ -73,45 +51,16 @@ def bound(tiny_checkpoints):
     return bound
 
 
-def official_messages(conversation: Conversation) -> list[dict]:
-    """The conversation written the way users of the official processor write it (content-part lists)."""
-    messages = []
-    for message in conversation.messages:
-        parts = []
-        for index, piece in enumerate(message["content"].split("<image>")):
-            if index:
-                parts.append({"type": "image"})
-            if piece:
-                parts.append({"type": "text", "text": piece})
-        messages.append({"role": message["role"], "content": parts})
-    return messages
-
-
 @pytest.mark.parametrize("family", list(TEMPLATE_OF))
 @pytest.mark.parametrize("case", list(BATTERY))
 def test_generation_prompt_matches_official_processor(bound, family, case):
     template, processor = bound[family]
-    conversation = BATTERY[case]
-    ours = template.encode(conversation)
-
-    text = processor.apply_chat_template(official_messages(conversation), add_generation_prompt=True, tokenize=False)
-    official = processor(text=[text], images=conversation.images or None, return_tensors="pt")
-
-    assert ours["input_ids"] == official["input_ids"][0].tolist()
-    assert "labels" not in ours
-    if conversation.images:
-        assert torch.equal(ours["pixel_values"], official["pixel_values"])
-        image_token = template.token_id(template.meta.image_token)
-        assert ours["input_ids"].count(image_token) > len(conversation.images)  # expanded, not one per image
-    if family == "qwen2-vl":
-        assert ours["mm_token_type_ids"] == official["mm_token_type_ids"][0].tolist()
-        if conversation.images:
-            assert torch.equal(ours["image_grid_thw"], official["image_grid_thw"])
+    check_generation_prompt(template, processor, case, **CHECKED[family])
 
 
 @pytest.mark.parametrize("family", list(TEMPLATE_OF))
 def test_no_system_prompt_gets_template_default(bound, family):
-    template, processor = bound[family]
+    template, _ = bound[family]
     text = template.tokenizer.decode(template.encode(BATTERY["text only"])["input_ids"])
     if family == "qwen2-vl":
         assert "You are a helpful assistant." in text  # the official template injects its default system
@@ -119,52 +68,10 @@ def test_no_system_prompt_gets_template_default(bound, family):
         assert text.startswith("<s>") and "USER: hello world" in text
 
 
-def _training_conversation():
-    convo = BATTERY["multi-turn, images in several turns"]
-    return Conversation(convo.messages + [{"role": "assistant", "content": "blue"}], convo.images)
-
-
 @pytest.mark.parametrize("family", list(TEMPLATE_OF))
 def test_labels_cover_exactly_the_assistant_replies(bound, family):
     template, processor = bound[family]
-    tokenizer = template.tokenizer
-    row = template.encode(_training_conversation())
-    ids, labels = row["input_ids"], row["labels"]
-    assert len(ids) == len(labels)
-
-    # Token by token: every labelled position carries its own input id; all others are ignored.
-    labelled = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
-    assert all(labels[i] == ids[i] for i in labelled)
-    end_of_turn = template.meta.end_of_turn or tokenizer.eos_token
-    end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
-
-    # The labelled tokens split into three runs, one per reply, each ending with the end-of-turn token.
-    runs, current = [], [labelled[0]]
-    for previous, index in zip(labelled, labelled[1:]):
-        if index == previous + 1:
-            current.append(index)
-        else:
-            runs.append(current)
-            current = [index]
-    runs.append(current)
-    assert len(runs) == 3
-    replies = ["red", "green", "blue"]
-    for run, reply in zip(runs, replies):
-        assert ids[run[-1]] == end_id
-        assert tokenizer.decode([ids[i] for i in run[:-1]]).strip() == reply
-
-    # Nothing from user turns, system prompt or image tokens is labelled.
-    image_id = template.token_id(template.meta.image_token)
-    assert all(ids[i] != image_id for i in labelled)
-
-    # The training encoding is the official full render (+ the appended eos where the official template closes no turn).
-    _, processor = bound[family]
-    text = processor.apply_chat_template(official_messages(_training_conversation()), tokenize=False)
-    official = processor(text=[text], images=_training_conversation().images, return_tensors="pt")["input_ids"][0].tolist()
-    if template.meta.end_of_turn:
-        assert ids == official
-    else:
-        assert [t for t in ids if t != tokenizer.eos_token_id] == official
+    check_labels(template, processor)
 
 
 def test_media_count_mismatch_names_both_numbers(bound):
@@ -172,7 +79,7 @@ def test_media_count_mismatch_names_both_numbers(bound):
 
     template, _ = bound["qwen2-vl"]
     with pytest.raises(MediaError, match=r"2 <image> placeholders but 1 image"):
-        template.encode(Conversation([{"role": "user", "content": "<image><image>hi"}], [RED]))
+        template.encode(Conversation([{"role": "user", "content": "<image><image>hi"}], [Image.new("RGB", (28, 28))]))
 
 
 def test_template_rejects_bad_turn_order(bound):
