@@ -80,7 +80,7 @@ class SftTrainer(Trainer):
 
         dataloader = super().get_train_dataloader()
         base = getattr(dataloader, "base_dataloader", dataloader)  # accelerate wraps the torch DataLoader
-        pass  # base.generator = torch.Generator().manual_seed(self.args.seed)
+        base.generator = torch.Generator().manual_seed(self.args.seed)
         return dataloader
 
     # ---- measuring data preparation ---------------------------------------------------------------
