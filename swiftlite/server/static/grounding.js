@@ -24,16 +24,14 @@ window.SwiftliteGrounding = (function () {
   function parseBoxes(text) {
     const boxes = [];
     let label = "";
-    QWEN_VL.lastIndex = 0;
-    for (let match; (match = QWEN_VL.exec(text)); ) {
+    for (const match of text.matchAll(QWEN_VL)) {
       if (match[1] !== undefined) {
         label = match[1].trim();
       } else {
         boxes.push({ label, box: match.slice(2, 6).map(Number), scale: "k1000" });
       }
     }
-    JSON_OBJECT.lastIndex = 0;
-    for (let match; (match = JSON_OBJECT.exec(text)); ) {
+    for (const match of text.matchAll(JSON_OBJECT)) {
       const bbox = BBOX_2D.exec(match[0]);
       if (!bbox) continue;
       const named = LABEL.exec(match[0]);

@@ -24,8 +24,8 @@ window.SwiftliteMarkdown = (function () {
   // Appends the inline spans of `text` to `parent`; single newlines become <br> (chat answers mean them).
   function inline(parent, text) {
     let last = 0;
-    INLINE.lastIndex = 0;
-    for (let match; (match = INLINE.exec(text)); ) {
+    // matchAll iterates over a copy of the regex: the recursive calls below cannot disturb its position.
+    for (const match of text.matchAll(INLINE)) {
       plain(parent, text.slice(last, match.index));
       if (match[1]) {
         parent.appendChild(el("code", null, match[2].replace(/^ (.*) $/, "$1")));
@@ -47,7 +47,7 @@ window.SwiftliteMarkdown = (function () {
       } else {
         plain(parent, match[0]);  // javascript: and other schemes stay text
       }
-      last = INLINE.lastIndex;
+      last = match.index + match[0].length;
     }
     plain(parent, text.slice(last));
   }
