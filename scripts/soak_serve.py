@@ -326,7 +326,8 @@ def main(argv=None) -> int:
 
     failed = (report.server_errors or report.no_answer or report.good_ok < report.good or report.bad_ok < report.bad
               or warm_report.server_errors or warm_report.good_ok < warm_report.good
-              or warm_report.bad_ok < warm_report.bad or growth > args.max_growth or exit_code != 0 or "Traceback" in server_log)
+              or warm_report.bad_ok < warm_report.bad or growth > args.max_growth or exit_code != 0
+              or "Traceback" in server_log)
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0
 

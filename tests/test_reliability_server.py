@@ -3,7 +3,7 @@ ones their 4xx, no 5xx, no memory growth), clients that vanish mid-answer (the s
 serves the next request), and SIGTERM (no new connections, in-flight requests finish, exit 0).
 
 One real `mm deploy` process serves the whole module (starting one costs ~20 s of imports on this machine);
-the SIGTERM test stops it and therefore comes last of those that use it. The load itself is scripts/soak_serve.py's, imported.
+the SIGTERM test stops it and therefore comes last of those that use it. The load is scripts/soak_serve.py's.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def test_sigterm_stops_accepting_finishes_in_flight_requests_and_exits_0(deploye
     def send_queued():
         queued_answer["response"] = httpx.post(url, json=chat("queued", 20), timeout=60)
 
-    with httpx.stream("POST", url, json={**chat("a story", 300, stream=True), "stream_options": {"include_usage": True}},
-                      timeout=60) as running:
+    body = {**chat("a story", 300, stream=True), "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url, json=body, timeout=60) as running:
         lines = running.iter_lines()
         next(lines)
         sender = threading.Thread(target=send_queued)

@@ -204,10 +204,17 @@ def test_stop_ends_a_long_answer_and_the_server_cancels_it(page, server):
         page.wait_for_timeout(50)
         deadline += 1
     assert metric(server, "swiftlite_requests_cancelled_total") == cancelled + 1
-    # Still usable: Escape stops too, and the next turn is answered.
-    page.fill("#max-tokens", "4")
-    send(page, "Shorter, please.")
+    # Escape in the message box stops too, and the page goes on: the next turn is answered.
+    send(page, "Another one.")
+    page.wait_for_function("(document.querySelector('.message.assistant.streaming .content')"
+                           " || {}).textContent?.length > 5")
+    page.press("#input", "Escape")
     wait_answered(page, 2)
+    assert answers(page).nth(1).locator(".note").inner_text() == "Stopped."
+    page.fill("#max-tokens", "4")
+    body = send(page, "Shorter, please.")
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant"] * 2 + ["user"]
+    wait_answered(page, 3)
 
 
 def test_server_errors_are_shown_and_the_page_stays_usable(page):
@@ -286,3 +293,29 @@ def test_boxes_are_drawn_on_the_last_image(page, shape_images, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / "web_ui_box.png")
     assert shot.stat().st_size > 5000
+    # The shown answer joins the real one as the assistant's turn: the next request still alternates roles.
+    body = send(page, "Thanks")
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert "<ref>red circle</ref>" in body["messages"][1]["content"]
+    wait_answered(page, 3)
+
+
+def test_drop_and_paste_attach_images(page, shape_images):
+    png = list(shape_images["green"].read_bytes())
+    attach = """([bytes, how]) => {
+        const data = new DataTransfer();
+        data.items.add(new File([new Uint8Array(bytes)], 'shape.png', {type: 'image/png'}));
+        if (how === 'drop') {
+            window.dispatchEvent(new DragEvent('dragover', {dataTransfer: data, cancelable: true}));
+            window.dispatchEvent(new DragEvent('drop', {dataTransfer: data, cancelable: true}));
+        } else {
+            document.getElementById('input').dispatchEvent(
+                new ClipboardEvent('paste', {clipboardData: data, cancelable: true, bubbles: true}));
+        }
+    }"""
+    page.evaluate(attach, [png, "drop"])
+    page.wait_for_function("document.querySelectorAll('#attachments .attachment').length === 1")
+    assert page.locator("#drop-overlay").is_hidden()
+    page.evaluate(attach, [png, "paste"])
+    page.wait_for_function("document.querySelectorAll('#attachments .attachment').length === 2")
+    assert page.get_attribute("#attachments img.thumb >> nth=1", "alt") == "shape.png"

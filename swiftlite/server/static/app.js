@@ -226,10 +226,11 @@
     view.classList.remove("streaming");
     renderAnswer(message, view);
     const notes = { stopped: "Stopped.", length: "Cut at the max tokens setting.", abort: "Ended by the server." };
-    if (notes[message.finish]) {
+    const words = [message.text.trim() ? "" : "(The answer is empty or only blank space.)", notes[message.finish]];
+    if (words.some(Boolean)) {
       const note = document.createElement("div");
       note.className = "note";
-      note.textContent = notes[message.finish];
+      note.textContent = words.filter(Boolean).join(" ");
       view.appendChild(note);
     }
     const boxes = window.SwiftliteGrounding.parseBoxes(message.text);
@@ -254,8 +255,12 @@
     const messages = [];
     if (ui.system.value.trim()) messages.push({ role: "system", content: ui.system.value });
     for (const turn of state.history) {
+      const previous = messages[messages.length - 1];
       if (turn.role === "assistant") {
-        if (turn.text) messages.push({ role: "assistant", content: turn.text });
+        // Answers in a row (one shown by swiftliteRenderAnswer after a real one) are one turn to the server.
+        if (!turn.text) continue;
+        if (previous && previous.role === "assistant") previous.content += "\n\n" + turn.text;
+        else messages.push({ role: "assistant", content: turn.text });
       } else if (!turn.images.length && !turn.audios.length) {
         messages.push({ role: "user", content: turn.text });
       } else {
