@@ -85,3 +85,16 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, **sizes) -> Path:
     if family not in builders:
         raise ValueError(f"no tiny checkpoint builder for family {family!r}; have: {', '.join(sorted(builders))}")
     return builders[family](out_dir, **sizes)
+
+
+def save_checkpoint(out_dir: Path, model, tokenizer, processor, tokenizer_class: str, processor_class: str,
+                    **preprocessor_settings) -> Path:
+    """Write a tiny checkpoint the way the hub has it: weights, tokenizer, processor, and the class names the
+    published checkpoint records (so loaders see what they see on the hub)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    patch_json(out_dir / "tokenizer_config.json", tokenizer_class=tokenizer_class)
+    patch_json(out_dir / "preprocessor_config.json", processor_class=processor_class, **preprocessor_settings)
+    return out_dir

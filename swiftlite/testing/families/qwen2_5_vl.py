@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from swiftlite.testing.families.qwen_text import qwen_tokenizer
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json
+from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, save_checkpoint
 
 FAMILY = "qwen2_5-vl"
 
@@ -63,11 +63,6 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    image_processor.save_pretrained(out_dir)
-    patch_json(out_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer")
-    patch_json(out_dir / "preprocessor_config.json", processor_class=pre["processor_class"],
-               min_pixels=pre["min_pixels"], max_pixels=max_pixels or pre["max_pixels"])
+    save_checkpoint(out_dir, model, tokenizer, image_processor, "Qwen2Tokenizer", pre["processor_class"],
+                    min_pixels=pre["min_pixels"], max_pixels=max_pixels or pre["max_pixels"])
     return out_dir

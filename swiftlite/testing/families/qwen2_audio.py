@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from swiftlite.testing.families.qwen_text import qwen_tokenizer
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json
+from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, save_checkpoint
 
 FAMILY = "qwen2-audio"
 
@@ -49,10 +49,5 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, audio
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    feature_extractor.save_pretrained(out_dir)
-    patch_json(out_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer")
-    patch_json(out_dir / "preprocessor_config.json", processor_class="Qwen2AudioProcessor")
+    save_checkpoint(out_dir, model, tokenizer, feature_extractor, "Qwen2Tokenizer", "Qwen2AudioProcessor")
     return out_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json, train_bpe
+from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, train_bpe, save_checkpoint
 
 FAMILY = "qwen2-vl"
 
@@ -67,12 +67,5 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"],
         repetition_penalty=gen["repetition_penalty"],
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    image_processor.save_pretrained(out_dir)
-    # Name the classes the way the published checkpoint does, so loaders see what they see on the hub.
-    patch_json(out_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer")
-    patch_json(out_dir / "preprocessor_config.json", processor_class="Qwen2VLProcessor",
-                min_pixels=pre["min_pixels"], max_pixels=max_pixels or pre["max_pixels"])
-    return out_dir
+    return save_checkpoint(out_dir, model, tokenizer, image_processor, "Qwen2Tokenizer", "Qwen2VLProcessor",
+                           min_pixels=pre["min_pixels"], max_pixels=max_pixels or pre["max_pixels"])

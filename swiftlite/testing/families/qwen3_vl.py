@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from swiftlite.testing.families.qwen_text import qwen_tokenizer
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json
+from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, save_checkpoint
 
 FAMILY = "qwen3-vl"
 
@@ -61,12 +61,6 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    image_processor.save_pretrained(out_dir)
-    patch_json(out_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer")
     # The hub names the torchvision class; transformers maps it to the PIL one when torchvision is absent.
-    patch_json(out_dir / "preprocessor_config.json", processor_class=pre["processor_class"],
-               image_processor_type=pre["image_processor_type"])
-    return out_dir
+    return save_checkpoint(out_dir, model, tokenizer, image_processor, "Qwen2Tokenizer", pre["processor_class"],
+                           image_processor_type=pre["image_processor_type"])
