@@ -15,6 +15,8 @@ greedy decoding, another temperature 0.7 with its own seed, another stops at "Ob
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -237,6 +239,39 @@ def move_batch(batch: dict, model) -> dict:
     return moved
 
 
+# Fields of a checkpoint's generation_config that are not about decoding: kept while generating.
+_TOKEN_ID_FIELDS = ("eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id")
+_GENERATION_CONFIG_LOCK = threading.Lock()
+
+
+@contextmanager
+def request_settings_only(model):
+    """While `generate` runs, the model's generation_config holds token ids only.
+
+    transformers fills every field the passed GenerationConfig leaves unset (None) from
+    `model.generation_config`, and many logits processors switch on from a None default (suppress_tokens,
+    bad_words_ids, forced_eos_token_id, ...), so no explicit value can switch them off. A checkpoint's
+    repetition_penalty (Qwen2.5-Instruct ships 1.05), no_repeat_ngram_size or min_new_tokens would then apply
+    on top of the request's own settings: twice for a default request, whose settings were already read from
+    that file by `SamplingParams.from_generation_config`. The lock keeps concurrent calls from restoring
+    each other's swap.
+    """
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    original = getattr(target, "generation_config", None)
+    if original is None:
+        yield
+        return
+    neutral = GenerationConfig(**{name: getattr(original, name, None) for name in _TOKEN_ID_FIELDS})
+    with _GENERATION_CONFIG_LOCK:
+        target.generation_config = neutral
+        try:
+            yield
+        finally:
+            target.generation_config = original
+
+
 def generate(model, template, rows: list[dict], params: list[SamplingParams],
              on_delta: Callable[[int, str], None] | None = None,
              cancelled: Callable[[int], bool] | None = None,
@@ -259,7 +294,7 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
         pad_token_id=template.pad_token_id, eos_token_id=None, bos_token_id=None,
     )
     extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    with torch.inference_mode():
+    with torch.inference_mode(), request_settings_only(model):
         model.generate(
             **batch, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
             stopping_criteria=StoppingCriteriaList([RowStopper(tracker)]), streamer=tracker, **extra,
