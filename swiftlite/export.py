@@ -19,7 +19,6 @@ the end, so an interrupted export leaves no target (a killed one's temp dir is r
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -35,17 +34,12 @@ import typer
 
 from swiftlite.errors import UserError
 from swiftlite.lora_merge import DirectPlan, copy_config, plan_direct_merge, read_json, write_merged
+from swiftlite.models.checkpoint_files import processor_files
 from swiftlite.options import click_errors, flag, opt
 
 SFT_ARGS_FILE = "sft_args.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot",
                    ".index.json")
-# Files that make a directory usable by tokenizers and processors (copied from the base, then from the checkpoint
-# itself when training saved its own: those are what the model was trained with).
-PROCESSOR_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.tiktoken",
-                   "spiece.model", "preprocessor_config.json", "processor_config.json",
-                   "video_preprocessor_config.json", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json")
 
 _EXPORT_LOCK = threading.Lock()  # one export at a time per process (the temp dir is named by pid)
 
@@ -283,9 +277,8 @@ def _copy_processor_files(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> None
                 or path.name.endswith(WEIGHT_SUFFIXES)):
             continue
         shutil.copyfile(path, out_dir / path.name)
-    for path in sorted(ckpt_dir.iterdir()):
-        if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in PROCESSOR_FILES):
-            shutil.copyfile(path, out_dir / path.name)
+    for path in processor_files(ckpt_dir):
+        shutil.copyfile(path, out_dir / path.name)
 
 
 def _write_sft_args(checkpoint, resolved, target: Path, out_dir: Path, method: str, dtype: str | None) -> None:

@@ -44,6 +44,14 @@ def sft(
     dtype: Annotated[str, opt("dtype", "auto (checkpoint dtype on GPU, fp32 on CPU) | bf16 | fp16 | fp32.")] = "auto",
     max_pixels: Annotated[int | None, opt(
         "max_pixels", "Downscale images above this many pixels (or env MAX_PIXELS).")] = None,
+    attn_impl: Annotated[str | None, opt(
+        "attn_impl", "Attention kernel: sdpa (default) | eager | flash_attention_2 (needs flash-attn and CUDA).")] = None,
+    pure_bf16: Annotated[bool, flag(
+        "pure_bf16", "With --dtype bf16: train the bf16 weights themselves (no fp32 master copy, no autocast); "
+        "default: fp32 trainable weights under bf16 autocast.")] = False,
+    quant_bits: Annotated[int | None, opt(
+        "quant_bits", "QLoRA: load the frozen base quantized to 4 (nf4) or 8 bits with bitsandbytes "
+        "(--sft_type lora only).")] = None,
     # ---- data ----
     dataset: Annotated[list[str] | None, opt(
         "dataset", "Training data: .json/.jsonl/.csv files, dataset names (`mm list datasets`) or hub ids; "
@@ -62,6 +70,9 @@ def sft(
         "lazy_tokenize", "Encode rows in the dataloader workers during training; false: all up front, cached.")] = True,
     dataloader_num_workers: Annotated[int, opt(
         "dataloader_num_workers", "Processes preparing batches beside training (0: in the training process).")] = 1,
+    packing: Annotated[bool, flag(
+        "packing", "Padding-free batches: the rows of a batch are joined into one sequence, attention kept within "
+        "each row (positions restart per row, M-RoPE ones included); same loss, no compute spent on padding.")] = False,
     # ---- what trains ----
     sft_type: Annotated[str, opt(
         "sft_type", "lora (a peft adapter) | full (every weight except frozen parts).")] = "lora",
@@ -77,6 +88,10 @@ def sft(
         "freeze_vit", "Keep the vision tower frozen (full); false with LoRA also adapts it.")] = True,
     freeze_aligner: Annotated[bool, flag(
         "freeze_aligner", "Keep the aligner (projector/merger) frozen; false trains it fully.")] = True,
+    vit_lr: Annotated[float | None, opt(
+        "vit_lr", "Learning rate of the vision tower's trainable weights (default: --learning_rate).")] = None,
+    aligner_lr: Annotated[float | None, opt(
+        "aligner_lr", "Learning rate of the aligner's trainable weights (default: --learning_rate).")] = None,
     # ---- optimisation ----
     num_train_epochs: Annotated[float, opt("num_train_epochs", "Passes over the training data.")] = 1.0,
     max_steps: Annotated[int, opt(
@@ -183,7 +198,7 @@ def run_sft(args: dict) -> dict:
            + (f", {skipped} bad rows skipped (--strict false)" if skipped else ""))
 
     # ---- resolve the model, its tokenizer and template ----
-    from swiftlite.models.loading import choose_dtype, default_device, load_model, load_tokenizer, resolve_model
+    from swiftlite.models.loading import choose_dtype, load_tokenizer, resolve_model
     from swiftlite.templates import get_template
 
     resolved = resolve_model(args["model_type"], args["model"], args["use_hf"], args["model_revision"])
@@ -191,6 +206,14 @@ def run_sft(args: dict) -> dict:
     template_type = args["template_type"] or resolved.template_type
     template = get_template(template_type, tokenizer, default_system=args["system"], max_pixels=args["max_pixels"])
     torch_dtype = choose_dtype(args["dtype"], resolved.torch_dtype)
+    from swiftlite.training.precision import plan_precision
+
+    precision = plan_precision(str(torch_dtype).replace("torch.", ""), on_gpu=on_gpu(), pure_bf16=args["pure_bf16"],
+                               deepspeed=bool(args["deepspeed"]), fsdp=bool(args["fsdp"] or args["fsdp_config"]))
+    if args["packing"]:
+        from swiftlite.training.packing import check_packing
+
+        check_packing(resolved.family)
 
     # ---- which checkpoint to continue from (true|auto: found now, before the model loads) ----
     from swiftlite.training.launch import AUTO_RESUME, find_resume_checkpoint
@@ -202,6 +225,22 @@ def run_sft(args: dict) -> dict:
         args["resume_from_checkpoint"] = str(checkpoint)
         report(f"resuming from {checkpoint}")
 
+    # ---- the run directory and the training arguments: before the model loads ----
+    # Built first so that DeepSpeed's config is live while loading (ZeRO-3 then partitions the weights across
+    # the processes as they load, instead of every process holding the whole model), and FSDP's settings too.
+    from swiftlite.training.launch import agree_on_output_dir, check_gpus_for_processes, versioned_output_dir
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    check_gpus_for_processes(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    if continue_in_place:
+        run_dir = Path(args["resume_from_checkpoint"]).parent
+    elif args["add_output_dir_suffix"]:
+        run_dir = agree_on_output_dir(lambda: versioned_output_dir(args["output_dir"], resolved.model_type))
+    else:
+        run_dir = Path(args["output_dir"]).expanduser().resolve()
+    training_args = build_training_args(args, run_dir, precision, has_eval=bool(val_rows),
+                                        world_size=world_size, trains_vision=trains_vision(args))
+
     # ---- load the model and choose what trains ----
     share_cpu_cores(args)
     from swiftlite.api import seed_everything
@@ -211,26 +250,35 @@ def run_sft(args: dict) -> dict:
     seed_everything(args["seed"])
     from swiftlite.training.lora import apply_lora, freeze_parts, parameter_summary, resolve_target_modules
 
-    model = load_model(resolved.model_dir, resolved.family, torch_dtype, device=default_device())
-    if args["sft_type"] == "lora":
-        targets = resolve_target_modules(model, resolved.family, args["lora_target_modules"] or ["DEFAULT"],
-                                         args["freeze_vit"], args["freeze_aligner"])
-        model = apply_lora(model, resolved.family, targets, args["lora_rank"], args["lora_alpha"],
-                           args["lora_dropout"], args["freeze_aligner"])
-    else:
-        freeze_parts(model, resolved.family, args["freeze_vit"], args["freeze_aligner"])
+    try:
+        model = load_training_model(args, resolved, precision, training_args)
+        if args["sft_type"] == "lora":
+            targets = resolve_target_modules(model, resolved.family, args["lora_target_modules"] or ["DEFAULT"],
+                                             args["freeze_vit"], args["freeze_aligner"])
+            model = apply_lora(model, resolved.family, targets, args["lora_rank"], args["lora_alpha"],
+                               args["lora_dropout"], args["freeze_aligner"])
+        else:
+            freeze_parts(model, resolved.family, args["freeze_vit"], args["freeze_aligner"])
+        from swiftlite.training.optim import parameter_groups, part_learning_rates
+
+        part_rates = part_learning_rates(resolved.family, args["vit_lr"], args["aligner_lr"])
+        parameter_groups(model, part_rates, args["learning_rate"], 0.0, ())  # a frozen part's rate fails now
+    except UserError:
+        # A mistake found once the model is known (a LoRA target, a frozen part's learning rate): leave no
+        # empty run directory behind.
+        if int(os.environ.get("RANK", "0")) == 0 and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+    if precision.upcast_trainable:
+        from swiftlite.training.precision import upcast_trainable_parameters
+
+        upcast_trainable_parameters(model)
     report(parameter_summary(model))
+    report(f"precision: weights loaded in {precision.load_dtype}, "
+           + (f"{precision.autocast} autocast" if precision.autocast else "no autocast")
+           + (", trainable weights in fp32" if precision.upcast_trainable else ""))
 
-    # ---- the run directory and what reloading needs ----
-    from swiftlite.training.launch import agree_on_output_dir, versioned_output_dir
-
-    if continue_in_place:
-        run_dir = Path(args["resume_from_checkpoint"]).parent
-    elif args["add_output_dir_suffix"]:
-        run_dir = agree_on_output_dir(lambda: versioned_output_dir(args["output_dir"], resolved.model_type))
-    else:
-        run_dir = Path(args["output_dir"]).expanduser().resolve()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # ---- what reloading needs ----
     sft_args = recorded_args(args, resolved, template_type, torch_dtype, run_dir, world_size)
     if args["sft_type"] == "lora":
         sft_args["lora_target_module_count"] = len(targets)
@@ -254,14 +302,14 @@ def run_sft(args: dict) -> dict:
     val_set = EncodedDataset(val_rows, **encode) if val_rows else None
     if train_set.dropped:
         report(f"dropped {len(train_set.dropped)} training rows longer than --max_length {args['max_length']}")
-    training_args = build_training_args(args, run_dir, torch_dtype, has_eval=val_set is not None,
-                                        world_size=world_size, trains_vision=trains_vision(args))
     trainer_ref: list = []
     logging_file = run_dir / "logging.jsonl"
     trainer = SftTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
         data_collator=Collator(template), callbacks=[JsonlLogger(logging_file, trainer_ref)],
         sft_args=sft_args, base_model_dir=str(resolved.model_dir), full_checkpoint=args["sft_type"] == "full",
+        part_learning_rates=part_rates,
+        packing=args["packing"],
     )
     trainer_ref.append(trainer)
 
@@ -337,6 +385,31 @@ def check_flags(args: dict) -> None:
     deepspeed_config(args["deepspeed"])  # a missing package or file is reported now, not after loading
     if args["sft_type"] == "full" and args["lora_target_modules"]:
         raise UserError("--lora_target_modules applies to --sft_type lora only")
+    check_cuda_flags(args)
+
+
+def check_cuda_flags(args: dict) -> None:
+    """The flags of attention kernels, QLoRA, per-part learning rates and packing."""
+    import importlib.util
+
+    from swiftlite.models.loading import check_attn_impl
+
+    check_attn_impl(args["attn_impl"])
+    for name in ("vit_lr", "aligner_lr"):
+        if args[name] is not None and not args[name] > 0:
+            raise UserError(f"--{name} {args[name]}: must be a positive learning rate")
+    bits = args["quant_bits"]
+    if bits is None:
+        return
+    if bits not in (4, 8):
+        raise UserError(f"--quant_bits {bits}: expected 4 or 8")
+    if args["sft_type"] != "lora":
+        raise UserError(f"--quant_bits {bits}: quantized weights cannot train; use it with --sft_type lora (QLoRA)")
+    if args["deepspeed"] or args["fsdp"] or args["fsdp_config"]:
+        raise UserError(f"--quant_bits {bits}: not supported with --deepspeed or --fsdp here; use plain DDP "
+                        "(NPROC_PER_NODE) or drop --quant_bits")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"--quant_bits {bits}: the bitsandbytes package is not installed (pip install bitsandbytes)")
 
 
 def share_cpu_cores(args: dict) -> None:
@@ -386,7 +459,51 @@ def absolute_spec(spec: str) -> str:
     return path if sample is None else f"{path}#{sample}"
 
 
-def build_training_args(args: dict, run_dir: Path, torch_dtype, has_eval: bool, world_size: int,
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_training_model(args: dict, resolved, precision, training_args):
+    """Load the model the way the training run needs it (call after build_training_args).
+
+    ZeRO-3 and FSDP place the weights themselves (partitioned while loading / sharded when wrapped); every
+    other run loads straight onto its own device: `cuda:LOCAL_RANK` for each DDP process, the CPU without GPUs.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from swiftlite.models.loading import check_attn_impl, load_model
+
+    zero3 = is_deepspeed_zero3_enabled()
+    placed_by_trainer = zero3 or bool(training_args.fsdp)
+    quantization = quantization_config(args["quant_bits"], precision.torch_dtype) if args["quant_bits"] else None
+    model = load_model(resolved.model_dir, resolved.family, precision.torch_dtype,
+                       attn_impl=check_attn_impl(args["attn_impl"]), quantization_config=quantization,
+                       placed_by_trainer=placed_by_trainer)
+    if zero3:
+        report(f"ZeRO-3: weights partitioned across {training_args.world_size} process(es) while loading")
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and the output layer to fp32, input gradients on (for gradient checkpointing): peft's QLoRA recipe.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args["gradient_checkpointing"],
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        report(f"QLoRA: base weights quantized to {args['quant_bits']} bits (bitsandbytes)")
+    return model
+
+
+def quantization_config(bits: int, compute_dtype):
+    """bitsandbytes settings for QLoRA (ms-swift's defaults: nf4 with double quantization, or int8)."""
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def build_training_args(args: dict, run_dir: Path, precision, has_eval: bool, world_size: int,
                         trains_vision: bool):
     import torch
     from transformers import TrainingArguments
@@ -412,8 +529,8 @@ def build_training_args(args: dict, run_dir: Path, torch_dtype, has_eval: bool, 
             num_train_epochs=args["num_train_epochs"],
             max_steps=args["max_steps"],
             seed=args["seed"],
-            bf16=on_gpu and torch_dtype == torch.bfloat16,
-            fp16=on_gpu and torch_dtype == torch.float16,
+            bf16=precision.autocast == "bf16",
+            fp16=precision.autocast == "fp16",
             use_cpu=not on_gpu,
             activation_checkpointing=args["gradient_checkpointing"],
             activation_checkpointing_kwargs={"use_reentrant": False} if args["gradient_checkpointing"] else None,

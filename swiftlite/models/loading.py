@@ -206,21 +206,56 @@ def _chat_template_from_files(model_dir: Path) -> str | None:
     return None
 
 
-def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_map=None, device: str | None = None):
-    """The model in eval mode on `device` (or spread by `device_map`, e.g. 'auto' over several GPUs)."""
+def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_map=None, device: str | None = None,
+               attn_impl: str | None = None, quantization_config=None, placed_by_trainer: bool = False):
+    """The model in eval mode, loaded straight onto `device` (or spread by `device_map`, e.g. 'auto' over
+    several GPUs): loading on the CPU and then moving would hold the weights in host RAM first.
+
+    `placed_by_trainer`: load without placing it anywhere, because training places it. Under ZeRO-3
+    (TrainingArguments built first, so HfDeepSpeedConfig is live) transformers partitions the weights across
+    the processes while loading (deepspeed.zero.Init), and FSDP shards the CPU copy when it wraps the model.
+    """
     import transformers
 
     kwargs = check_requirements(family)
     auto_class = getattr(transformers, family.auto_class)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
+    if device_map is None and not placed_by_trainer:
+        device = device or default_device()
+        if device != "cpu":
+            device_map = {"": device}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if attn_impl is not None:
+        kwargs["attn_implementation"] = attn_impl
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
     model = auto_class.from_pretrained(model_dir, **kwargs)
-    if device_map is None:
-        model.to(device or default_device())
     model.eval()
     return model
+
+
+ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_impl(attn_impl: str | None, flag_name: str = "--attn_impl") -> str | None:
+    """None (transformers' default, sdpa), or an attention implementation that can run here."""
+    import importlib.util
+
+    if attn_impl is None:
+        return None
+    if attn_impl not in ATTN_IMPLS:
+        raise UserError(f"{flag_name} {attn_impl}: expected one of {', '.join(ATTN_IMPLS)}")
+    if attn_impl == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UserError(f"{flag_name} flash_attention_2: the flash-attn package is not installed "
+                            "(pip install flash-attn --no-build-isolation), or use sdpa")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"{flag_name} flash_attention_2 runs on CUDA GPUs only; use sdpa or eager")
+    return attn_impl
 
 
 def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_kwargs: dict | None = None,

@@ -130,6 +130,7 @@ def relaunch_with_torchrun(args: dict) -> int:
     nproc = os.environ["NPROC_PER_NODE"]
     if not nproc.isdigit() or int(nproc) < 1:
         raise UserError(f"NPROC_PER_NODE={nproc}: expected a positive number of processes")
+    check_gpus_for_processes(int(nproc))
     nnodes = os.environ.get("NNODES", "1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, "--nnodes", nnodes,
                "--node_rank", os.environ.get("NODE_RANK", "0"),
@@ -141,6 +142,20 @@ def relaunch_with_torchrun(args: dict) -> int:
     environment = dict(os.environ)
     environment.setdefault("OMP_NUM_THREADS", "1")  # each process gets a share of the cores, not all of them
     return subprocess.call(command, env=environment)
+
+
+def check_gpus_for_processes(nproc: int, visible: int | None = None) -> None:
+    """Each process of a node trains on a GPU of its own: more processes than visible GPUs is a mistake
+    (without GPUs the processes train on the CPU, over gloo)."""
+    if visible is None:
+        import torch
+
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible and nproc > visible:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UserError(f"NPROC_PER_NODE={nproc}: only {visible} GPU(s) visible"
+                        + (f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else "")
+                        + f"; use NPROC_PER_NODE={visible} or fewer")
 
 
 def _free_port() -> int:

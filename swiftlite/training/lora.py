@@ -100,6 +100,9 @@ def apply_lora(model, family, target_modules: list[str], rank: int, alpha: int, 
 
 
 def parameter_summary(model) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    def count(parameter) -> int:  # ZeRO-3 leaves an empty placeholder and records the full size
+        return getattr(parameter, "ds_numel", None) or parameter.numel()
+
+    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(count(p) for p in model.parameters())
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)"

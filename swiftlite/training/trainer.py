@@ -46,17 +46,14 @@ def _import_trainer_without_datasets():
 
 Trainer, TrainerCallback = _import_trainer_without_datasets()
 
-# Non-weight files of a base checkpoint that a full checkpoint needs to load on its own.
-PROCESSOR_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "tokenizer.model", "preprocessor_config.json", "processor_config.json",
-    "video_preprocessor_config.json", "chat_template.json", "chat_template.jinja", "generation_config.json",
-)
 
 
 class SftTrainer(Trainer):
-    def __init__(self, *args, sft_args: dict, base_model_dir: str, full_checkpoint: bool, **kwargs):
+    def __init__(self, *args, sft_args: dict, base_model_dir: str, full_checkpoint: bool,
+                 part_learning_rates: list | None = None, packing: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.part_learning_rates = part_learning_rates or []  # [(flag, module prefixes, rate)]: --vit_lr, --aligner_lr
+        self.packing = packing
         self.sft_args = sft_args
         self.base_model_dir = Path(base_model_dir)
         self.full_checkpoint = full_checkpoint
@@ -104,7 +101,25 @@ class SftTrainer(Trainer):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs.pop(STATS_KEY, None)  # evaluation batches come here with their bookkeeping still attached
+        if self.packing:
+            from swiftlite.training.packing import pack_batch
+
+            inputs = pack_batch(self.accelerator.unwrap_model(model), inputs)
         return super().compute_loss(model, inputs, *args, **kwargs)
+
+    # ---- per-part learning rates ------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if not self.part_learning_rates or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from swiftlite.training.optim import parameter_groups
+
+        opt_model = self.model if model is None else model
+        groups = parameter_groups(opt_model, self.part_learning_rates, self.args.learning_rate,
+                                  self.args.weight_decay, self.get_decay_parameter_names(opt_model))
+        optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("params", None)
+        self.optimizer = optimizer_class(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def data_time_share(self) -> float:
         """Share of the training loop's time spent waiting for batches (0 when preparation fully overlaps),
@@ -148,10 +163,11 @@ class SftTrainer(Trainer):
     def _describe_checkpoint(self, checkpoint_dir: Path) -> None:
         (checkpoint_dir / "sft_args.json").write_text(json.dumps(self.sft_args, indent=2, ensure_ascii=False) + "\n")
         if self.full_checkpoint:
-            for file_name in PROCESSOR_FILES:
-                source = self.base_model_dir / file_name
-                if source.is_file() and not (checkpoint_dir / file_name).exists():
-                    shutil.copy2(source, checkpoint_dir / file_name)
+            from swiftlite.models.checkpoint_files import processor_files
+
+            for source in processor_files(self.base_model_dir):
+                if not (checkpoint_dir / source.name).exists():
+                    shutil.copy2(source, checkpoint_dir / source.name)
 
 
 class JsonlLogger(TrainerCallback):
