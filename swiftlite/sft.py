@@ -481,7 +481,7 @@ def load_training_model(args: dict, resolved, precision, training_args):
     model = load_model(resolved.model_dir, resolved.family, precision.torch_dtype,
                        attn_impl=check_attn_impl(args["attn_impl"]), quantization_config=quantization,
                        placed_by_trainer=placed_by_trainer)
-    if zero3:
+    if zero3 and any(hasattr(parameter, "ds_id") for parameter in model.parameters()):  # zero.Init ran
         report(f"ZeRO-3: weights partitioned across {training_args.world_size} process(es) while loading")
     if quantization is not None:
         from peft import prepare_model_for_kbit_training

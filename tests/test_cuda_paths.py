@@ -266,3 +266,13 @@ def test_full_checkpoint_copies_every_tokenizer_file(capsys, tmp_path, llava_dir
     assert {"qwen.tiktoken", "tokenization_qwen.py", "tokenizer.json", "generation_config.json"} <= set(expected)
     for name in expected:
         assert (checkpoint / name).is_file(), name
+
+
+# ---- scripts/gpu_check.sh ----------------------------------------------------------------------------
+def test_gpu_check_without_cuda_says_so_and_exits_cleanly():
+    # CUDA_VISIBLE_DEVICES="" hides any GPU, so this takes the no-CUDA path on every machine.
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == [
+        f"gpu_check: no CUDA GPU visible to {sys.executable} (torch.cuda.is_available() is false): nothing checked"]
