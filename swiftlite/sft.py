@@ -7,7 +7,8 @@ Training runs on the transformers Trainer (DDP through `NPROC_PER_NODE=N mm sft 
 and peft. The flags and their defaults follow ms-swift's `swift sft`; see docs/sft.md and docs/datasets.md.
 
 The run reads top to bottom: check flags, (relaunch under torchrun), load the dataset, resolve the model and
-its template, choose the output directory, load the model and pick what trains, train, save and report.
+its template, choose the output directory and build the training arguments (before loading: ZeRO-3 partitions
+the weights as they load), load the model and pick what trains, train, save and report.
 """
 
 from __future__ import annotations
