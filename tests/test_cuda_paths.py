@@ -106,6 +106,13 @@ def test_upcast_trainable_parameters_only_touches_trainable_half_weights():
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model[1].parameters(), 1.0)
+    # ... and without the upcast the first unscale fails, as the issue reports for fp16 full fine-tuning
+    half = torch.nn.Linear(4, 4).to(torch.float16)
+    optimizer = torch.optim.SGD(half.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(half(torch.ones(2, 4, dtype=torch.float16)).float().sum()).backward()
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
+        scaler.unscale_(optimizer)
 
 
 # ---- processes, attention kernels ---------------------------------------------------------------------
