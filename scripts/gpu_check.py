@@ -5,6 +5,9 @@ real `mm` commands (or, for the logits comparison, the library) and gets a row: 
 time, the peak GPU memory used while it ran (nvidia-smi, sampled; torch's own peak for in-process checks)
 and a note. Exit code 1 when a check failed.
 
+`python scripts/gpu_check.py --rehearse_on_cpu` runs the same checks on the CPU, to check the script itself
+(fp16 then trains without autocast, and nvidia-smi reports nothing).
+
 Checks: bf16 LoRA sft, export (merge), infer, deploy (one chat request); the fp16 path with trainable
 weights (full fine-tune: trainable weights kept fp32 under fp16 autocast, so the gradient scaler can unscale);
 `--deepspeed default-zero2` with one process; merged == adapter logits; the vLLM backend when installed.
@@ -111,6 +114,9 @@ def main() -> int:
 
     from swiftlite.testing import build_tiny_checkpoint
 
+    device = "cpu" if "--rehearse_on_cpu" in sys.argv else "cuda:0"
+    bf16_supported = torch.cuda.is_bf16_supported() if device != "cpu" else True
+
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     base = build_tiny_checkpoint("qwen2-vl", work / "qwen2-vl")
     data = ROOT / "examples" / "shapes" / "train.json"
@@ -118,11 +124,12 @@ def main() -> int:
               "--dataloader_num_workers", "0", "--logging_steps", "5", "--dataset_test_ratio", "0",
               "--eval_steps", "1000", "--save_steps", "1000"]
     state: dict = {}
-    print(f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
-          f"bf16 supported: {torch.cuda.is_bf16_supported()}; work dir {work}", flush=True)
+    name = torch.cuda.get_device_name(0) if device != "cpu" else "CPU rehearsal"
+    print(f"gpu_check: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
+          f"bf16 supported: {bf16_supported}; work dir {work}", flush=True)
 
     def lora_sft():
-        dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        dtype = "bf16" if bf16_supported else "fp16"
         process = mm("sft", "--model", str(base), *common, "--max_steps", "30", "--learning_rate", "5e-3",
                      "--dtype", dtype, "--output_dir", str(work / "lora"))
         state["lora"] = checkpoint_of(process)
@@ -134,14 +141,17 @@ def main() -> int:
         state["merged"] = Path(str(state["lora"]) + "-merged")
         if process.returncode != 0 or not (state["merged"] / "config.json").is_file():
             raise RuntimeError(last_line(process))
-        return "ok", (process.stdout.strip().splitlines() or [""])[-1][:120]
+        merged_line = [line for line in process.stdout.splitlines() if line.startswith("merged ")]
+        return "ok", (merged_line or [""])[0].split(" into ")[0]
 
     def infer():
         process = mm("infer", "--ckpt_dir", str(state["merged"]), "--val_dataset", str(VAL), "--temperature", "0",
                      "--max_new_tokens", "4")
-        if process.returncode != 0:
+        results = re.findall(r"(\S+\.jsonl)", process.stdout + process.stderr)
+        if process.returncode != 0 or not results:
             raise RuntimeError(last_line(process))
-        return "ok", last_line(process)[-100:]
+        answered = len(Path(results[-1]).read_text().splitlines())
+        return "ok", f"{answered} rows of {VAL.name} answered"
 
     def deploy():
         import httpx
@@ -200,17 +210,19 @@ def main() -> int:
 
         from swiftlite.models.loading import load_model, resolve_model
 
-        torch.cuda.reset_peak_memory_stats()
+        if device != "cpu":
+            torch.cuda.reset_peak_memory_stats()
         resolved = resolve_model(model_id_or_path=str(base))
-        adapter = PeftModel.from_pretrained(load_model(base, resolved.family, torch.float32, device="cuda:0"),
+        adapter = PeftModel.from_pretrained(load_model(base, resolved.family, torch.float32, device=device),
                                             str(state["lora"])).eval()
-        merged = load_model(state["merged"], resolved.family, torch.float32, device="cuda:0")
-        ids = torch.randint(10, 200, (2, 24), device="cuda:0")
+        merged = load_model(state["merged"], resolved.family, torch.float32, device=device)
+        ids = torch.randint(10, 200, (2, 24), device=device)
         with torch.no_grad():
             difference = (adapter(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max().item()
         del adapter, merged
         result = "ok" if difference < 1e-3 else "FAIL"
-        return result, f"max |logit difference| {difference:.2e} (fp32; torch peak {torch.cuda.max_memory_allocated() >> 20} MiB)"
+        peak = f"torch peak {torch.cuda.max_memory_allocated() >> 20} MiB" if device != "cpu" else "CPU"
+        return result, f"max abs logit difference {difference:.2e} (fp32; {peak})"
 
     def vllm_backend():
         if importlib.util.find_spec("vllm") is None:
