@@ -1,6 +1,7 @@
-"""--packing true: a padding-free batch gives the loss of the padded batch, on tiny llava1_5 (1-D RoPE) and
-qwen2-vl (M-RoPE: image tokens get temporal/height/width positions), in fp32 with the same rows; and an `mm sft`
-run with packing logs the same losses as one without."""
+"""--packing true: a padding-free batch gives the loss of the padded batch, on a tiny checkpoint of every family
+it is offered for (1-D RoPE like llava1_5, M-RoPE like qwen2-vl: image tokens get temporal/height/width
+positions), in fp32 with the same rows; and an `mm sft` run with packing logs the same losses as one without
+(LoRA dropout off: its random draws depend on the layout). Families it is refused for get one clear line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from swiftlite.conversation import conversation_from_query
-from swiftlite.training.packing import pack_batch
+from swiftlite.training.packing import PACKING_FAMILIES, pack_batch
 
 
 def training_rows(template, shape_images):
@@ -21,6 +22,10 @@ def training_rows(template, shape_images):
         (f"<img>{shape_images['red']}</img>what colour is it?", "red, a round red shape"),
         ("hello world, say something long enough to differ in length", "hi"),
         (f"<img>{shape_images['green']}</img><img>{shape_images['blue']}</img>which is blue?", "the second one"),
+    ] if shape_images else [  # text-only families
+        ("what colour is it?", "red, a round red shape"),
+        ("hello world, say something long enough to differ in length", "hi"),
+        ("which is blue, the first or the second?", "the second one"),
     ]
     rows = []
     for query, response in conversations:
@@ -31,19 +36,28 @@ def training_rows(template, shape_images):
     return rows
 
 
-@pytest.mark.parametrize("family", ["llava1_5", "qwen2-vl"])
-def test_packed_loss_equals_padded_loss(tiny_checkpoints, shape_images, family):
+@pytest.fixture(scope="module")
+def family_checkpoints(tiny_checkpoints, tmp_path_factory):
+    from swiftlite.testing import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("packing")
+    return lambda family: tiny_checkpoints.get(family) or build_tiny_checkpoint(family, root / family)
+
+
+@pytest.mark.parametrize("family", PACKING_FAMILIES)
+def test_packed_loss_equals_padded_loss(family_checkpoints, shape_images, family):
     from swiftlite.models.checkpoint import load_for_inference
 
-    loaded = load_for_inference(model_id_or_path=str(tiny_checkpoints[family]), dtype="fp32")
+    loaded = load_for_inference(model_id_or_path=str(family_checkpoints(family)), dtype="fp32")
     model, template = loaded.model, loaded.template
-    rows = training_rows(template, shape_images)
+    text_only = family in ("qwen2_5", "qwen3")
+    rows = training_rows(template, None if text_only else shape_images)
     lengths = [len(row["input_ids"]) for row in rows]
     assert len(set(lengths)) == len(lengths)  # padding happens
     batch = template.collate(rows, padding_side="right")
     packed = pack_batch(model, dict(batch))
     assert "attention_mask" not in packed and packed["input_ids"].shape == (1, sum(lengths))
-    if family == "qwen2-vl":
+    if family in ("qwen2-vl", "qwen2_5-vl", "qwen3-vl", "glm4_1v"):  # M-RoPE
         assert packed["position_ids"].shape == (4, 1, sum(lengths))
         # image tokens take 2-D positions: height and width axes differ from the text axis inside an image
         assert (packed["position_ids"][2] != packed["position_ids"][0]).any()
@@ -85,3 +99,18 @@ def test_sft_with_packing_logs_the_same_losses(capsys, tmp_path, qwen2_vl_dir, s
     assert len(packed) == 3 and len(unpacked) == 3
     assert packed == pytest.approx(unpacked, abs=1e-4)
     assert packed[-1] != pytest.approx(packed[0], abs=1e-3)  # it trained
+
+
+def test_packing_is_refused_for_other_families(capsys, tmp_path, tiny_checkpoints):
+    from swiftlite.cli import main
+    from swiftlite.testing import build_tiny_checkpoint
+
+    gemma = build_tiny_checkpoint("gemma3", tmp_path / "gemma3")
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"query": "hi", "response": "hello"}) + "\n")
+    code = main(["sft", "--model", str(gemma), "--dataset", str(data), "--packing", "true",
+                 "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.strip().splitlines()[-1].startswith(
+        "mm sft: error: --packing true: not supported for the gemma3 family yet (supported: llava1_5, ")

@@ -20,9 +20,11 @@ from swiftlite.errors import UserError
 
 IGNORE_INDEX = -100
 # Families whose models read packed position ids (a transformers language model building its mask with
-# create_causal_mask). Tested against unpacked batches: llava1_5 and qwen2-vl (tests/test_packing.py).
+# create_causal_mask), each tested against the padded batch (tests/test_packing.py). Not Gemma 3 (its image
+# tokens attend to each other both ways, a mask the packed layout does not carry), nor mllama / PaliGemma
+# (cross-attention, prefix attention) or the remote-code families.
 PACKING_FAMILIES = ("llava1_5", "llava_next", "llava_onevision", "qwen2-vl", "qwen2_5-vl", "qwen3-vl",
-                    "qwen2_5", "qwen3")
+                    "glm4_1v", "internvl3", "smolvlm", "qwen2_5", "qwen3")
 # Extra inputs of get_rope_index, where the batch has them.
 _ROPE_KEYS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
 
