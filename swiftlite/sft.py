@@ -38,10 +38,10 @@ def sft(
     use_hf: Annotated[bool | None, flag(
         "use_hf", "Download from the Hugging Face Hub instead of ModelScope (or USE_HF=1).")] = None,
     template_type: Annotated[str | None, opt(
-        "template_type", "Override the model's chat template (`mm list templates`).")] = None,
+        "template_type", "Override the model's chat template (`mm list templates`).", "--template")] = None,
     system: Annotated[str | None, opt(
         "system", "Default system prompt for rows without one (recorded for infer).")] = None,
-    dtype: Annotated[str, opt("dtype", "auto (checkpoint dtype on GPU, fp32 on CPU) | bf16 | fp16 | fp32.")] = "auto",
+    dtype: Annotated[str, opt("dtype", "auto (checkpoint dtype on GPU, fp32 on CPU) | bf16 | fp16 | fp32.", "--torch_dtype")] = "auto",
     max_pixels: Annotated[int | None, opt(
         "max_pixels", "Downscale images above this many pixels (or env MAX_PIXELS).")] = None,
     # ---- data ----
@@ -51,7 +51,8 @@ def sft(
     val_dataset: Annotated[list[str] | None, opt(
         "val_dataset", "Validation data (same forms); default: a held-out split.")] = None,
     dataset_test_ratio: Annotated[float, opt(
-        "dataset_test_ratio", "Share of --dataset held out for evaluation when no --val_dataset.")] = 0.01,
+        "dataset_test_ratio", "Share of --dataset held out for evaluation when no --val_dataset.",
+        "--split_dataset_ratio")] = 0.01,
     max_length: Annotated[int, opt(
         "max_length", "Most tokens per row, counted after image-token expansion (<=0: no limit).")] = 2048,
     truncation_strategy: Annotated[str, opt(
@@ -64,10 +65,11 @@ def sft(
         "dataloader_num_workers", "Processes preparing batches beside training (0: in the training process).")] = 1,
     # ---- what trains ----
     sft_type: Annotated[str, opt(
-        "sft_type", "lora (a peft adapter) | full (every weight except frozen parts).")] = "lora",
+        "sft_type", "lora (a peft adapter) | full (every weight except frozen parts).", "--train_type", "--tuner_type")] = "lora",
     lora_target_modules: Annotated[list[str] | None, opt(
         "lora_target_modules",
-        "DEFAULT (LLM linear layers) | ALL (every linear layer, vision too, not lm_head) | names, comma separated.",
+        "DEFAULT or all-linear (LLM linear layers) | ALL (every linear layer, vision too, not lm_head) | names, "
+        "comma separated.", "--target_modules",
     )] = None,
     lora_rank: Annotated[int, opt("lora_rank", "LoRA rank r.")] = 8,
     lora_alpha: Annotated[int, opt("lora_alpha", "LoRA alpha (the update is scaled by alpha/r).")] = 32,
@@ -84,7 +86,8 @@ def sft(
     batch_size: Annotated[int, opt(
         "batch_size", "Rows per device per forward pass.", "--per_device_train_batch_size", "--per-device-train-batch-size")] = 1,
     eval_batch_size: Annotated[int | None, opt(
-        "eval_batch_size", "Rows per device per evaluation pass (default: --batch_size).")] = None,
+        "eval_batch_size", "Rows per device per evaluation pass (default: --batch_size).",
+        "--per_device_eval_batch_size")] = None,
     gradient_accumulation_steps: Annotated[int | None, opt(
         "gradient_accumulation_steps",
         "Forward passes per optimiser step (default: ceil(16 / batch_size / processes), as ms-swift).",
@@ -106,7 +109,7 @@ def sft(
     output_dir: Annotated[str, opt(
         "output_dir", "Where runs go: <output_dir>/<model_type>/v<N>-<timestamp>/.")] = "output",
     add_output_dir_suffix: Annotated[bool, flag(
-        "add_output_dir_suffix", "Add <model_type>/v<N>-<timestamp> to --output_dir.")] = True,
+        "add_output_dir_suffix", "Add <model_type>/v<N>-<timestamp> to --output_dir.", "add_version")] = True,
     save_steps: Annotated[int | None, opt(
         "save_steps", "Save a checkpoint every N steps (default: --eval_steps), and at the end.")] = None,
     eval_steps: Annotated[int, opt(
