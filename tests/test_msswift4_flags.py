@@ -204,3 +204,18 @@ def test_infer_export_deploy_with_ms_swift_4_flags(trained, qwen2_vl_dir, tmp_pa
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     assert "Traceback" not in process.stdout.read()
+
+
+# ---- the Python API ----------------------------------------------------------------------------------------------
+def test_get_model_tokenizer_takes_ms_swift_3_and_4_keywords(qwen2_vl_dir):
+    from swiftlite import get_model_tokenizer
+
+    # 3.x/4.x: get_model_tokenizer(model_id_or_path, load_model=False)
+    model, tokenizer = get_model_tokenizer(str(qwen2_vl_dir), load_model=False)
+    assert model is None and tokenizer.swiftlite_template_type == "qwen2-vl"
+    model, _ = get_model_tokenizer(model_id_or_path=str(qwen2_vl_dir), load_model_weights=False)  # 2.x
+    assert model is None
+    with pytest.raises(TypeError, match="load_model=True and load_model_weights=False disagree"):
+        get_model_tokenizer(model_id_or_path=str(qwen2_vl_dir), load_model=True, load_model_weights=False)
+    model, _ = get_model_tokenizer(str(qwen2_vl_dir), "float32", load_model=True, device_map="cpu")
+    assert model is not None and model.device.type == "cpu"

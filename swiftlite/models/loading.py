@@ -223,10 +223,28 @@ def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_ma
     return model
 
 
+_load_model = load_model  # get_model_tokenizer's `load_model` keyword (ms-swift's name) hides the function there
+
+
 def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_kwargs: dict | None = None,
                         load_model_weights: bool = True, model_id_or_path: str | None = None,
-                        use_hf: bool | None = None):
-    """ms-swift's API: (model, tokenizer) for a model type (or a hub id / directory)."""
+                        use_hf: bool | None = None, *, load_model: bool | None = None, device_map=None):
+    """ms-swift's API: (model, tokenizer) for a model type (or a hub id / directory).
+
+    Both generations of ms-swift's call work: 2.x `get_model_tokenizer(model_type, ..., load_model_weights=False)`
+    and 3.x/4.x `get_model_tokenizer(model_id_or_path, ..., load_model=False, device_map=...)`; with
+    `load_model(_weights)=False` the model is None.
+    """
+    from swiftlite.models import MODEL_TYPES
+
+    if load_model is not None:
+        if load_model_weights is not True and bool(load_model) != bool(load_model_weights):
+            raise TypeError(f"get_model_tokenizer: load_model={load_model} and load_model_weights={load_model_weights} "
+                            "disagree; give one of them")
+        load_model_weights = load_model
+    if (model_id_or_path is None and model_type and model_type not in MODEL_TYPES
+            and ("/" in model_type or Path(model_type).expanduser().is_dir())):
+        model_type, model_id_or_path = None, model_type  # 3.x/4.x: the first argument is the model id or path
     resolved = resolve_model(model_type, model_id_or_path, use_hf)
     tokenizer = load_tokenizer(resolved.model_dir, resolved.family)
     tokenizer.swiftlite_model_type = resolved.model_type
@@ -234,10 +252,10 @@ def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_k
     if not load_model_weights:
         return None, tokenizer
     model_kwargs = dict(model_kwargs or {})
-    device_map = model_kwargs.pop("device_map", None)
+    device_map = model_kwargs.pop("device_map", device_map)
     if isinstance(torch_dtype, str) or torch_dtype is None:
         torch_dtype = choose_dtype(torch_dtype, resolved.torch_dtype)
-    model = load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
+    model = _load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
     model.swiftlite_model_type = resolved.model_type
     model.swiftlite_template_type = resolved.template_type
     return model, tokenizer
