@@ -230,11 +230,13 @@ def load_adapter(model, path: str, internal_name: str, public_name: str):
     """Add one LoRA adapter to the model (wrapping it in a PeftModel the first time)."""
     from peft import PeftModel
 
+    from swiftlite.models.checkpoint import peft_model_from_pretrained
+
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(path, adapter_name=internal_name)
         else:
-            model = PeftModel.from_pretrained(model, path, adapter_name=internal_name)
+            model = peft_model_from_pretrained(model, path, adapter_name=internal_name)
     except Exception as error:  # shape mismatch, wrong base model, broken files: all the user's to fix
         raise UserError(f"--lora_modules {public_name}={path}: cannot load it onto this model "
                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None

@@ -259,11 +259,14 @@ def run_sft(args: dict) -> dict:
         report(f"dropped {len(train_set.dropped)} training rows longer than --max_length {args['max_length']}")
     training_args = build_training_args(args, run_dir, torch_dtype, has_eval=val_set is not None,
                                         world_size=world_size, trains_vision=trains_vision(args))
+    from swiftlite.training.lr_check import LearningRateWatch
+
     trainer_ref: list = []
     logging_file = run_dir / "logging.jsonl"
+    learning_rates = LearningRateWatch()
     trainer = SftTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
-        data_collator=Collator(template), callbacks=[JsonlLogger(logging_file, trainer_ref)],
+        data_collator=Collator(template), callbacks=[JsonlLogger(logging_file, trainer_ref), learning_rates],
         sft_args=sft_args, base_model_dir=str(resolved.model_dir), full_checkpoint=args["sft_type"] == "full",
     )
     trainer_ref.append(trainer)
@@ -288,6 +291,8 @@ def run_sft(args: dict) -> dict:
         report(f"{summary['train_samples_per_second']} samples/s, {summary['train_tokens_per_second']} tokens/s, "
                f"data preparation {100 * summary['data_time_share']:.1f}% of step time"
                + (f", {summary['dropped_rows']} rows dropped" if summary["dropped_rows"] else ""))
+        if learning_rates.warning(training_args):
+            report(learning_rates.warning(training_args))
     return summary
 
 

@@ -137,10 +137,8 @@ def load_for_inference(
     model = load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
     adapters = {}
     if checkpoint is not None and checkpoint.is_adapter:
-        from peft import PeftModel
-
         name = "default"
-        model = PeftModel.from_pretrained(model, str(checkpoint.ckpt_dir), adapter_name=name)
+        model = peft_model_from_pretrained(model, str(checkpoint.ckpt_dir), adapter_name=name)
         model.eval()
         adapters[name] = str(checkpoint.ckpt_dir)
     template = get_template(
@@ -148,3 +146,19 @@ def load_for_inference(
         media_policy=media_policy,
     )
     return LoadedModel(model, tokenizer, template, resolved, checkpoint, adapters)
+
+
+def peft_model_from_pretrained(model, path: str, adapter_name: str = "default"):
+    """peft's PeftModel.from_pretrained, without the FutureWarning it triggers on transformers 5.
+
+    PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5 deprecated in favour of
+    is_activation_checkpointing; the notice is peft's to fix, and in infer and deploy it only confuses users.
+    Only that one warning, only during this call, is silenced.
+    """
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return PeftModel.from_pretrained(model, path, adapter_name=adapter_name)

@@ -59,9 +59,23 @@ def download(hub_id: str, use_hf: bool, revision: str | None = None) -> Path:
         hub = "Hugging Face" if use_hf else "ModelScope"
         switch = "drop --use_hf" if use_hf else "try --use_hf true"
         raise UserError(
-            f"could not download {hub_id!r} from {hub} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            f"could not download {hub_id!r} from {hub} ({error_summary(error)}). "
             f"Check the id and your network, {switch}, or pass a local directory with --model."
         ) from None
+
+
+def error_summary(error: Exception, limit: int = 240) -> str:
+    """`Type: message` on one line, shortened at a word boundary (never mid-word); an `[Errno N] reason` that
+    the shortening dropped (urllib3 puts it last, after the URL) is kept, since it says what went wrong."""
+    import re
+    import textwrap
+
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    short = textwrap.shorten(text, width=limit, placeholder=" ...")
+    errno = re.search(r"\[Errno [-\d]+\] [^'\")\]]+", text)
+    if errno and errno.group(0) not in short:
+        short += f" ({errno.group(0).strip()})"
+    return short
 
 
 def resolve_model(model_type: str | None = None, model_id_or_path: str | None = None,
