@@ -151,3 +151,35 @@ def normalise_argv(argv: list[str], command) -> list[str]:
             note(param, name, (value,) if param.multiple else value)
         index += 1
     return result
+
+
+def python_keywords(function, flags: dict) -> dict:
+    """Keyword arguments for `function` (a command) given with any flag spelling as Python names.
+
+    `sft_main(train_type="lora", target_modules=["all-linear"])` -> {"sft_type": "lora", "lora_target_modules":
+    ["DEFAULT"]}: aliases map to the parameter they belong to and ms-swift 3.x/4.x values are translated, as on
+    the command line; two spellings of one parameter with different values are a TypeError naming both.
+    """
+    import typing
+
+    owner: dict[str, str] = {}
+    for name, hint in typing.get_type_hints(function, include_extras=True).items():
+        for info in typing.get_args(hint)[1:]:
+            declared = [getattr(info, "default", None), *(getattr(info, "param_decls", None) or ())]
+            for declaration in declared:
+                if isinstance(declaration, str) and declaration.startswith("--"):
+                    owner.setdefault(declaration.split("/")[0][2:].replace("-", "_"), name)
+    result: dict = {}
+    spelled: dict[str, str] = {}
+    for keyword, value in flags.items():
+        name = owner.get(keyword, keyword)
+        values = VALUE_ALIASES.get(name, {})
+        if isinstance(value, str):
+            value = values.get(value.lower(), value)
+        elif isinstance(value, (list, tuple)):
+            value = [values.get(item.lower(), item) if isinstance(item, str) else item for item in value]
+        if name in result and result[name] != value:
+            raise TypeError(f"{spelled[name]}={result[name]!r} and {keyword}={value!r} are two spellings of the same "
+                            "flag: give one of them")
+        result[name], spelled[name] = value, keyword
+    return result

@@ -138,11 +138,16 @@ def sft(
 def sft_main(**flags) -> dict:
     """Python API (ms-swift's `sft_main`): `sft_main(model="DIR", dataset=["train.jsonl"], max_steps=10)`.
 
+    Flags may be given by their ms-swift 3.x/4.x names as well (`tuner_type="lora"`, `split_dataset_ratio=0.1`).
+
     Takes the flags of `mm sft` as keyword arguments (defaults as on the command line); returns the final
     summary (last_model_checkpoint, best_model_checkpoint, throughput, ...).
     """
     import inspect
 
+    from swiftlite.options import python_keywords
+
+    flags = python_keywords(sft, flags)  # ms-swift 3.x/4.x names too: train_type=, per_device_train_batch_size=
     parameters = inspect.signature(sft).parameters
     unknown = sorted(set(flags) - set(parameters))
     if unknown:
@@ -305,7 +310,8 @@ def report(message: str) -> None:
 def check_flags(args: dict) -> None:
     """Mistakes in flags fail here, in one line, before anything heavy is imported."""
     if args["sft_type"] not in SFT_TYPES:
-        raise UserError(f"--sft_type {args['sft_type']}: expected lora or full")
+        raise UserError(f"--sft_type {args['sft_type']}: expected lora or full (also when spelled --train_type "
+                        "or --tuner_type; ms-swift's other tuners are not available)")
     if not args["dataset"]:
         raise UserError("--dataset: name at least one dataset file (.json, .jsonl, .csv) or hub dataset")
     if not args["model_type"] and not args["model"]:

@@ -219,3 +219,18 @@ def test_get_model_tokenizer_takes_ms_swift_3_and_4_keywords(qwen2_vl_dir):
         get_model_tokenizer(model_id_or_path=str(qwen2_vl_dir), load_model=True, load_model_weights=False)
     model, _ = get_model_tokenizer(str(qwen2_vl_dir), "float32", load_model=True, device_map="cpu")
     assert model is not None and model.device.type == "cpu"
+
+
+def test_sft_main_takes_ms_swift_3_and_4_keywords(tmp_path):
+    from swiftlite.errors import UserError
+    from swiftlite.options import python_keywords
+    from swiftlite.sft import sft, sft_main
+
+    assert python_keywords(sft, {"tuner_type": "lora", "target_modules": ["all-linear"], "split_dataset_ratio": 0.1,
+                                 "per_device_train_batch_size": 2, "add_version": False, "torch_dtype": "bfloat16"}) \
+        == {"sft_type": "lora", "lora_target_modules": ["DEFAULT"], "dataset_test_ratio": 0.1, "batch_size": 2,
+            "add_output_dir_suffix": False, "dtype": "bfloat16"}
+    with pytest.raises(TypeError, match="sft_type='lora' and train_type='full' are two spellings"):
+        sft_main(sft_type="lora", train_type="full", model="x", dataset="y.jsonl")
+    with pytest.raises(UserError, match=r"--sft_type lora_llm: expected lora or full \(also when spelled --train_type"):
+        sft_main(tuner_type="lora_llm", model="x", dataset="y.jsonl")
