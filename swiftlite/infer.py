@@ -148,14 +148,16 @@ def resolve_target(model_type, model, ckpt_dir, use_hf, template_type) -> Target
 
     if ckpt_dir:
         checkpoint = read_checkpoint(ckpt_dir)
-        resolved = resolve_checkpoint(checkpoint, use_hf)
-        # ms-swift 3.x/4.x users name the base too (`--model BASE --adapters CKPT`): fine when it is the same one.
+        # ms-swift 3.x/4.x users name the base too (`--model BASE --adapters CKPT`): it is the base of an adapter
+        # that records none (or one not found here), and needs no comment when it is the recorded one.
+        resolved = resolve_checkpoint(checkpoint, use_hf, base_model=model)
         same_base = model and Path(model).expanduser().resolve() == Path(resolved.model_dir).resolve()
         if model_type or (model and not same_base):
             ignored = " and ".join(f"--{n}" for n, v in (("model_type", model_type), ("model", model)) if v)
             print(f"[INFO:swiftlite] {ignored} ignored: the checkpoint's sft_args.json names its model", file=sys.stderr)
         meta = get_template_meta(template_type or resolved.template_type)
-        return Target({"ckpt_dir": str(checkpoint.ckpt_dir)}, resolved.model_dir, meta, checkpoint)
+        load = {"ckpt_dir": str(checkpoint.ckpt_dir)} | ({"model_id_or_path": model} if same_base else {})
+        return Target(load, resolved.model_dir, meta, checkpoint)
     resolved = resolve_model(model_type, model, use_hf)
     registered = resolved.model_type if resolved.model_type in MODEL_TYPES else None
     meta = get_template_meta(template_type or resolved.template_type)

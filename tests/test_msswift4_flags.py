@@ -234,3 +234,40 @@ def test_sft_main_takes_ms_swift_3_and_4_keywords(tmp_path):
         sft_main(sft_type="lora", train_type="full", model="x", dataset="y.jsonl")
     with pytest.raises(UserError, match=r"--sft_type lora_llm: expected lora or full \(also when spelled --train_type"):
         sft_main(tuner_type="lora_llm", model="x", dataset="y.jsonl")
+
+
+# ---- adapters trained elsewhere: `--model BASE --adapters DIR` ----------------------------------------------------
+@pytest.fixture(scope="module")
+def foreign_adapters(qwen2_vl_dir, tmp_path_factory):
+    """An adapter as ms-swift 4.x saves it (args.json naming a hub base that is not here) and a bare peft one."""
+    from test_deploy_support import make_lora
+
+    root = tmp_path_factory.mktemp("foreign")
+    ms_swift = make_lora(qwen2_vl_dir, root / "ms-swift" / "checkpoint-50", seed=7)
+    (ms_swift / "args.json").write_text(json.dumps({
+        "model": "Qwen/Qwen2-VL-2B-Instruct", "model_type": "qwen2_vl", "template": "qwen2_vl",
+        "tuner_type": "lora", "torch_dtype": "bfloat16", "system": "You are a test.", "split_dataset_ratio": 0.0}))
+    bare = make_lora(qwen2_vl_dir, root / "peft", seed=8)
+    assert json.loads((bare / "adapter_config.json").read_text())["base_model_name_or_path"] == str(qwen2_vl_dir)
+    return ms_swift, bare
+
+
+def test_adapters_from_ms_swift_and_peft_run_on_the_named_base(qwen2_vl_dir, foreign_adapters, tmp_path):
+    ms_swift, bare = foreign_adapters
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "what colour"}]}) + "\n")
+    answers = {}
+    for name, argv in (("ms-swift", ["--model", qwen2_vl_dir, "--adapters", ms_swift]),
+                       ("peft", ["--adapters", bare]), ("base", ["--model", qwen2_vl_dir])):
+        result = tmp_path / f"{name}.jsonl"
+        code, _, err = run("infer", *argv, "--val_dataset", rows, "--max_new_tokens", "3", "--temperature", "0",
+                           "--result_path", result)
+        assert code == 0, err[-2000:]
+        assert "ignored" not in err
+        answers[name] = json.loads(result.read_text())
+    assert answers["ms-swift"]["system"] == "You are a test."  # read from ms-swift's args.json
+    assert len({answers[name]["response"] for name in answers}) == 3  # each adapter changes the answer
+    # Without --model the hub base of the ms-swift adapter is looked for (offline here): one line says what to do.
+    code, _, err = run("infer", "--adapters", ms_swift, "--val_dataset", rows, "--use_hf", "true")
+    assert code == 1 and "could not download 'Qwen/Qwen2-VL-2B-Instruct'" in err and "--model" in err
+    assert "Traceback" not in err
