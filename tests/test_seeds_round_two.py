@@ -89,8 +89,8 @@ def qwen_model(qwen2_vl_dir):
 
 
 def test_rtp_llm_placeholder_binds_urls_through_inference(qwen_model, shape_images):
-    from swiftlite import inference, inference_stream
-    from swiftlite.inference import build_conversation
+    # (From the module: once swiftlite.inference is imported, `from swiftlite import inference` is the module.)
+    from swiftlite.inference import build_conversation, inference, inference_stream
     from swiftlite.media import MediaError
 
     model, template = qwen_model
