@@ -18,6 +18,7 @@ Ctrl-C while an answer streams stops that answer; at the prompt it (like Ctrl-D,
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +32,9 @@ IMAGE_PROMPT = "Input an image path or URL <<< "
 AUDIO_PROMPT = "Input an audio path or URL <<< "
 SEPARATOR = "-" * 50
 COMMANDS = ("exit", "quit", "multi-line", "single-line", "clear", "reset-system")
+# A whole `<audio>SRC</audio>` tag (as media.extract_media_tags reads it): its opening `<audio>` is not a bare
+# placeholder to ask about. `<image>` has no such twin (its tag is `<img>`).
+AUDIO_TAG = re.compile(r"<audio>[^<>]*</audio>")
 
 
 @dataclass
@@ -128,6 +132,11 @@ class ChatSession:
             if not found:
                 return "".join(result) + text[position:]
             index, tag = min(found)
+            whole_tag = AUDIO_TAG.match(text, index) if tag == "audio" else None
+            if whole_tag:  # read with the other tags by extract_media_tags
+                result.append(text[position:whole_tag.end()])
+                position = whole_tag.end()
+                continue
             source = self.read_line(IMAGE_PROMPT if tag == "img" else AUDIO_PROMPT).strip()
             if not source:
                 raise MediaError(f"no {'image' if tag == 'img' else 'audio'} given for the placeholder")

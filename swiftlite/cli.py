@@ -29,7 +29,10 @@ app.command("list", help=listing.__doc__.split("\n\n")[0])(listing.list_command)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from swiftlite.cpu_defaults import apply_cpu_defaults
     from swiftlite.options import click_core, click_errors, normalise_argv
+
+    apply_cpu_defaults()  # before any subcommand imports torch: its OpenMP runtime reads the policy once
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)

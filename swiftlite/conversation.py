@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, extract_media_tags
+from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, extract_media_tags
+
+URL_PLACEHOLDER = "<img/>"  # rtp-llm (seed 001): the prompt marks where each of `urls=[...]` goes
+_BOUND = "\x00bound-image-"  # stands for the k-th bound source inside a tag until the tags are read
 
 ROLES = ("system", "user", "assistant")
 
@@ -44,11 +47,21 @@ def conversation_from_query(
     order of appearance and become placeholders. Explicit `images`/`audios` lists follow the media found in
     tags. When the text holds no placeholder at all for a given kind, the listed media are bound to the
     first user turn, because a dialogue in that style revolves around the images sent with it (ms-swift
-    seeds: yi-vl, minicpm-v).
+    seeds: yi-vl, minicpm-v). rtp-llm's ``<img/>`` placeholders, when the turns hold any, take the listed
+    images in order instead (seed 001: ``"Picture 1:<img/>\\n..."`` with ``urls=[...]``).
     """
     turns: list[tuple[str, str | None]] = [(q, r) for q, r in (history or [])]
     if query is not None:
         turns.append((query, response))
+    images = list(images or [])
+    bound: list = []
+    if any(URL_PLACEHOLDER in user_text for user_text, _ in turns):
+        # Each <img/> becomes a tag naming a stand-in for its source, so that tag images and bound images come
+        # out of extract_media_tags in the order they appear (the sources themselves may be PIL images).
+        user_texts = bind_url_placeholders([user_text for user_text, _ in turns], [_BOUND + str(k) for k in
+                                                                                   range(len(images))])
+        turns = [(text, reply) for text, (_, reply) in zip(user_texts, turns)]
+        bound, images = images, []
     messages: list[dict] = []
     if system:
         messages.append({"role": "system", "content": system})
@@ -56,14 +69,36 @@ def conversation_from_query(
     found_audios: list = []
     for user_text, assistant_text in turns:
         text, tag_images, tag_audios = extract_media_tags(user_text)
-        found_images += tag_images
+        found_images += [bound[int(s[len(_BOUND):])] if s.startswith(_BOUND) else s for s in tag_images]
         found_audios += tag_audios
         messages.append({"role": "user", "content": text})
         if assistant_text is not None:
             messages.append({"role": "assistant", "content": assistant_text})
-    conversation = Conversation(messages, found_images + list(images or []), found_audios + list(audios or []))
+    conversation = Conversation(messages, found_images + images, found_audios + list(audios or []))
     bind_unplaced_media(conversation)
     return conversation
+
+
+def bind_url_placeholders(texts: list[str], urls: list[str]) -> list[str]:
+    """rtp-llm's ``<img/>`` placeholders across `texts` take `urls` in order, each written as an
+    ``<img>URL</img>`` tag, so extract_media_tags then reads them in place among any other tags."""
+    from swiftlite.media import bind_placeholder_urls
+
+    # bind_placeholder_urls checks the count (one clear error) over the whole conversation at once.
+    bind_placeholder_urls("".join(texts), urls)
+    for url in urls:
+        if not isinstance(url, str) or "<" in url or ">" in url:
+            raise MediaError(f"the images bound to {URL_PLACEHOLDER} placeholders must be paths or URLs "
+                             f"without '<' or '>', got {url!r:.60}")
+    remaining = iter(urls)
+    bound_texts = []
+    for text in texts:
+        pieces = text.split(URL_PLACEHOLDER)
+        bound = pieces[0]
+        for piece in pieces[1:]:
+            bound += f"<img>{next(remaining)}</img>" + piece
+        bound_texts.append(bound)
+    return bound_texts
 
 
 def bind_unplaced_media(conversation: Conversation) -> None:

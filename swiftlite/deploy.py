@@ -30,9 +30,9 @@ def deploy(
     model: Annotated[str | None, opt("model", "Local checkpoint directory or hub id.", "--model_id_or_path", "--model-id-or-path")] = None,
     ckpt_dir: Annotated[str | None, opt("ckpt_dir", "Checkpoint of `mm sft` (LoRA: served with its adapter applied) or of "
                                         "`mm export` (-merged); its sft_args.json names the base model.")] = None,
-    template_type: Annotated[str | None, opt("template_type", "Template override (default: the model's; `mm list templates`).")] = None,
+    template_type: Annotated[str | None, opt("template_type", "Template override (default: the model's; `mm list templates`).", "--template")] = None,
     system: Annotated[str | None, opt("system", "Default system prompt for chat requests that bring none.")] = None,
-    dtype: Annotated[str, opt("dtype", "auto, bf16, fp16 or fp32 (auto: the checkpoint's dtype on GPU, fp32 on CPU).")] = "auto",
+    dtype: Annotated[str, opt("dtype", "auto, bf16, fp16 or fp32 (auto: the checkpoint's dtype on GPU, fp32 on CPU).", "--torch_dtype")] = "auto",
     device_map: Annotated[str | None, opt("device_map", "transformers device_map, e.g. auto to spread a large model over "
                                           "all visible GPUs (default: one device, CUDA when available).")] = None,
     use_hf: Annotated[bool | None, flag("use_hf", "Download from the Hugging Face Hub instead of ModelScope (also USE_HF=1).")] = None,
@@ -59,7 +59,8 @@ def deploy(
     max_new_tokens: Annotated[int, opt("max_new_tokens", L + "completion length when a request gives no max_tokens.")] = 2048,
     max_request_bytes: Annotated[int, opt("max_request_bytes", L + "largest request body; larger get HTTP 413.")] = 32 * 1024 * 1024,
     limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", L + "most media per request, e.g. image=4,audio=1 "
-                                                   "or '{\"image\": 4}' (default: no limit).")] = None,
+                                                   "or '{\"image\": 4}' (default: no limit).",
+                                                   "--vllm_limit_mm_per_prompt")] = None,
     allowed_local_media_path: Annotated[str | None, opt("allowed_local_media_path", M + "let requests name local files "
                                                         "(paths, file:// URLs) under this directory; relative paths "
                                                         "resolve in it (default: local files refused).")] = None,
@@ -68,7 +69,15 @@ def deploy(
     max_media_bytes: Annotated[int, opt("max_media_bytes", M + "largest fetched or base64 media item in bytes.")] = 20 * 1024 * 1024,
     web_ui: Annotated[bool, flag("web_ui", S + "serve a chat page at / (images, audio, streaming; calls this "
                                  "server's /v1 API): --web_ui false turns it off.")] = True,
+    adapters: Annotated[list[str] | None, opt("adapters", "ms-swift 3.x/4.x: DIR (as --ckpt_dir) and/or NAME=DIR (as "
+                                              "--lora_modules): --adapters lora1=out/ckpt-50 lora2=out/ckpt-80.")] = None,
+    infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
+                                      "transformers; vllm, sglang and lmdeploy are not available yet.")] = "pt",
 ) -> None:
+    from swiftlite.infer import check_infer_backend
+
+    check_infer_backend(infer_backend)
+    ckpt_dir, lora_modules = split_adapters(adapters, ckpt_dir, lora_modules)
     check_flags(locals())
     sock = listen(host, port)  # before the load, which can take minutes: a busy port fails at once
     app = build_app(
@@ -117,6 +126,17 @@ def check_flags(flags: dict) -> None:
     media_dir = flags["allowed_local_media_path"]
     if media_dir is not None and not Path(media_dir).expanduser().is_dir():
         raise UserError(f"--allowed_local_media_path {media_dir}: no such directory")
+
+
+def split_adapters(adapters: list[str] | None, ckpt_dir: str | None, lora_modules: list[str] | None):
+    """ms-swift 3.x/4.x `--adapters`: a plain DIR is the checkpoint to serve, NAME=DIR an extra named adapter."""
+    plain = [value for value in adapters or [] if "=" not in value]
+    named = [value for value in adapters or [] if "=" in value]
+    if len(plain) > 1 or (plain and ckpt_dir and plain[0] != ckpt_dir):
+        given = plain + ([ckpt_dir] if ckpt_dir and ckpt_dir not in plain else [])
+        raise UserError(f"--adapters/--ckpt_dir: one checkpoint is served as the model, got {' and '.join(given)}; "
+                        "name the others NAME=DIR to serve them as adapters")
+    return (plain[0] if plain else ckpt_dir), (list(lora_modules or []) + named) or None
 
 
 def parse_lora_modules(values: list[str] | None) -> list[tuple[str, str]]:
@@ -210,11 +230,13 @@ def load_adapter(model, path: str, internal_name: str, public_name: str):
     """Add one LoRA adapter to the model (wrapping it in a PeftModel the first time)."""
     from peft import PeftModel
 
+    from swiftlite.models.checkpoint import peft_model_from_pretrained
+
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(path, adapter_name=internal_name)
         else:
-            model = PeftModel.from_pretrained(model, path, adapter_name=internal_name)
+            model = peft_model_from_pretrained(model, path, adapter_name=internal_name)
     except Exception as error:  # shape mismatch, wrong base model, broken files: all the user's to fix
         raise UserError(f"--lora_modules {public_name}={path}: cannot load it onto this model "
                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None

@@ -47,8 +47,8 @@ _EXPORT_LOCK = threading.Lock()  # one export at a time per process (the temp di
 # ---- the command ------------------------------------------------------------------------------------------
 def export(
     ckpt_dir: Annotated[str | None, opt(
-        "ckpt_dir", "Checkpoint written by `mm sft` (…/checkpoint-<step>) holding a LoRA adapter and sft_args.json."
-    )] = None,
+        "ckpt_dir", "Checkpoint written by `mm sft` (…/checkpoint-<step>) holding a LoRA adapter and sft_args.json.",
+        "--adapters")] = None,
     merge_lora: Annotated[bool, flag(
         "merge_lora", "Merge the LoRA adapter into the base model's weights and write a full checkpoint."
     )] = False,
@@ -57,15 +57,15 @@ def export(
     )] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite/--no_overwrite", "--replace_if_exists/--no_replace_if_exists",
-        "--replace-if-exists/--no-replace-if-exists",
+        "--replace-if-exists/--no-replace-if-exists", "--exist_ok/--no_exist_ok", "--exist-ok/--no-exist-ok",
         help="Replace an existing output directory (only once the new one is complete). Without it an existing "
              "target is an error. [accepts --flag, --flag true|false]")] = False,
     device: Annotated[str, opt(
         "device", "Where a merge through peft runs: cpu, cuda, cuda:N or auto (a GPU if there is one). The direct "
-        "merge streams on the CPU (it is I/O-bound).", "--merge_device_map", "--merge-device-map"
+        "merge streams on the CPU (it is I/O-bound).", "--merge_device_map", "--merge-device-map", "--device_map"
     )] = "cpu",
     dtype: Annotated[str, opt(
-        "dtype", "dtype of the merged weights: auto (keep the base model's), bf16, fp16 or fp32."
+        "dtype", "dtype of the merged weights: auto (keep the base model's), bf16, fp16 or fp32.", "--torch_dtype"
     )] = "auto",
     max_shard_size: Annotated[str, opt(
         "max_shard_size", "Largest weight file to write, e.g. 5GB, 500MB, 2GiB; bigger models are split into "

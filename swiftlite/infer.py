@@ -30,13 +30,13 @@ def infer(
     model_type: Annotated[str | None, opt("model_type", "Registered model type, e.g. qwen2-vl-2b-instruct (`mm list`).")] = None,
     model: Annotated[str | None, opt("model", "Local checkpoint directory or hub id.", "--model_id_or_path", "--model-id-or-path")] = None,
     ckpt_dir: Annotated[str | None, opt("ckpt_dir", "Checkpoint of `mm sft` (LoRA or full) or of `mm export` (-merged); "
-                                        "its sft_args.json names the base model, template, system and dtype.")] = None,
+                                        "its sft_args.json names the base model, template, system and dtype.", "--adapters")] = None,
     merge_lora: Annotated[bool, flag("merge_lora", "Merge the LoRA checkpoint into <ckpt_dir>-merged first (as `mm export "
                                      "--merge_lora true`), then infer from the merged weights.")] = False,
-    template_type: Annotated[str | None, opt("template_type", "Template override (default: the model's; `mm list templates`).")] = None,
+    template_type: Annotated[str | None, opt("template_type", "Template override (default: the model's; `mm list templates`).", "--template")] = None,
     system: Annotated[str | None, opt("system", "System prompt (default: the checkpoint's sft system, else the template's).")] = None,
     use_hf: Annotated[bool | None, flag("use_hf", "Download from the Hugging Face Hub instead of ModelScope (also USE_HF=1).")] = None,
-    dtype: Annotated[str, opt("dtype", "auto, bf16, fp16 or fp32 (auto: the checkpoint's dtype on GPU, fp32 on CPU).")] = "auto",
+    dtype: Annotated[str, opt("dtype", "auto, bf16, fp16 or fp32 (auto: the checkpoint's dtype on GPU, fp32 on CPU).", "--torch_dtype")] = "auto",
     device_map: Annotated[str | None, opt("device_map", "transformers device_map, e.g. auto to spread a large model over "
                                           "all visible GPUs (default: one device, CUDA when available).")] = None,
     max_pixels: Annotated[int | None, opt("max_pixels", "Downscale larger images to at most this many pixels.")] = None,
@@ -51,19 +51,26 @@ def infer(
     stream: Annotated[bool, flag("stream", "Print the answer token by token in the chat.")] = True,
     val_dataset: Annotated[list[str] | None, opt("val_dataset", "Dataset files to run (same formats as `mm sft --dataset`): batch mode.")] = None,
     load_dataset_config: Annotated[bool, flag("load_dataset_config", "Run the held-out rows of the sft run of --ckpt_dir "
-                                              "(its recorded dataset, val_dataset, dataset_test_ratio and seed).")] = False,
-    show_dataset_sample: Annotated[int, opt("show_dataset_sample", "Run only N rows (a seeded sample, in file order); -1: all.")] = -1,
+                                              "(its recorded dataset, val_dataset, dataset_test_ratio and seed).", "load_data_args")] = False,
+    show_dataset_sample: Annotated[int, opt("show_dataset_sample", "Run only N rows (a seeded sample, in file order); -1: all.", "--val_dataset_sample")] = -1,
     max_batch_size: Annotated[int, opt("max_batch_size", "Rows generated together in batch mode.")] = 16,
     strict: Annotated[bool, flag("strict", "Stop at the first unusable dataset row instead of skipping it.")] = False,
     eval_human: Annotated[bool | None, flag("eval_human", "Force the interactive chat (true) or batch mode (false); "
                                             "default: chat unless a dataset is given.")] = None,
     save_result: Annotated[bool, flag("save_result", "Write results (batch rows and chat turns) to infer_result/*.jsonl.")] = True,
     result_dir: Annotated[str | None, opt("result_dir", "Where infer_result/ goes (default: --ckpt_dir, else the model directory).")] = None,
+    result_path: Annotated[str | None, opt("result_path", "Write the results to this .jsonl file instead (appended to "
+                                           "when it exists; ms-swift 3.x/4.x).")] = None,
+    infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
+                                      "transformers; vllm, sglang and lmdeploy are not available yet.")] = "pt",
     verbose: Annotated[bool, flag("verbose", "In batch mode, print each row's query, label and response.")] = False,
 ) -> None:
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                     repetition_penalty=repetition_penalty, do_sample=do_sample, seed=seed)
     check_flags(sampling, dtype, max_batch_size, show_dataset_sample)
+    check_infer_backend(infer_backend)
+    if result_path and result_dir:
+        raise UserError("--result_path names the result file, --result_dir its folder: give one")
     if merge_lora and not ckpt_dir:
         raise UserError("--merge_lora true needs --ckpt_dir (a LoRA checkpoint of `mm sft`)")
     batch_mode = bool(val_dataset) or load_dataset_config
@@ -78,7 +85,7 @@ def infer(
     if merge_lora:
         ckpt_dir = merged_checkpoint(ckpt_dir)
         target = resolve_target(None, None, ckpt_dir, use_hf, template_type)
-    writer = ResultWriter(result_base(result_dir, target)) if save_result else None
+    writer = ResultWriter(result_base(result_dir, target), result_path) if save_result else None
     load = dict(target.load_kwargs, dtype=dtype, device_map=device_map, use_hf=use_hf, system=system,
                 max_pixels=max_pixels, template_type=template_type)
 
@@ -113,6 +120,15 @@ def check_flags(sampling: dict, dtype: str, max_batch_size: int, show_dataset_sa
         raise UserError(f"--show_dataset_sample {show_dataset_sample}: expected a positive number of rows, or -1 for all")
 
 
+def check_infer_backend(infer_backend: str) -> None:
+    """--infer_backend: generation runs on transformers (pt) here; ms-swift's accelerated engines are not wired."""
+    if infer_backend.lower() in ("vllm", "sglang", "lmdeploy"):
+        raise UserError(f"--infer_backend {infer_backend}: not available in swiftlite yet; use --infer_backend pt "
+                        "(transformers), or serve with vLLM itself from an `mm export` merged checkpoint")
+    if infer_backend.lower() != "pt":
+        raise UserError(f"--infer_backend {infer_backend}: expected pt (or transformers)")
+
+
 # ---- which model -----------------------------------------------------------------------------------------
 @dataclass
 class Target:
@@ -132,12 +148,16 @@ def resolve_target(model_type, model, ckpt_dir, use_hf, template_type) -> Target
 
     if ckpt_dir:
         checkpoint = read_checkpoint(ckpt_dir)
-        if model or model_type:
+        # ms-swift 3.x/4.x users name the base too (`--model BASE --adapters CKPT`): it is the base of an adapter
+        # that records none (or one not found here), and needs no comment when it is the recorded one.
+        resolved = resolve_checkpoint(checkpoint, use_hf, base_model=model)
+        same_base = model and Path(model).expanduser().resolve() == Path(resolved.model_dir).resolve()
+        if model_type or (model and not same_base):
             ignored = " and ".join(f"--{n}" for n, v in (("model_type", model_type), ("model", model)) if v)
             print(f"[INFO:swiftlite] {ignored} ignored: the checkpoint's sft_args.json names its model", file=sys.stderr)
-        resolved = resolve_checkpoint(checkpoint, use_hf)
         meta = get_template_meta(template_type or resolved.template_type)
-        return Target({"ckpt_dir": str(checkpoint.ckpt_dir)}, resolved.model_dir, meta, checkpoint)
+        load = {"ckpt_dir": str(checkpoint.ckpt_dir)} | ({"model_id_or_path": model} if same_base else {})
+        return Target(load, resolved.model_dir, meta, checkpoint)
     resolved = resolve_model(model_type, model, use_hf)
     registered = resolved.model_type if resolved.model_type in MODEL_TYPES else None
     meta = get_template_meta(template_type or resolved.template_type)
@@ -205,15 +225,24 @@ def result_base(result_dir: str | None, target: Target) -> Path:
 
 
 class ResultWriter:
-    """<base>/infer_result/<YYYYMMDD-HHMMSS>.jsonl, created at the first record and flushed after each one."""
+    """<base>/infer_result/<YYYYMMDD-HHMMSS>.jsonl (or the file --result_path names, appended to), created at
+    the first record and flushed after each one."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, result_path: str | None = None):
         self.base = Path(base)
+        self.result_path = Path(result_path).expanduser() if result_path else None
         self.stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.path: Path | None = None
         self.count = 0
 
     def _open_path(self) -> Path:
+        if self.result_path is not None:
+            try:
+                self.result_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UserError(f"--result_path {self.result_path}: cannot create its folder: "
+                                f"{error.strerror}") from None
+            return self.result_path
         folder = self.base / "infer_result"
         try:
             folder.mkdir(parents=True, exist_ok=True)

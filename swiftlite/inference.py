@@ -9,7 +9,10 @@
 `history` is a list of [query, response] pairs, exactly as ms-swift returns it: queries are kept as the user
 wrote them (``<img>..</img>`` tags included), so passing the history back re-attaches every earlier image.
 `images=` / `audios=` list media for ``<image>`` / ``<audio>`` placeholders of the whole conversation (earlier
-turns included), as in ms-swift; with no placeholder at all they belong to the first user turn.
+turns included), as in ms-swift; with no placeholder at all they belong to the first user turn. rtp-llm's
+``<img/>`` placeholders take them in order too, and `urls=` is rtp-llm's name for `images=`:
+
+    response, history = inference(model, template, 'Picture 1:<img/>\\n这是什么', urls=['demo.jpeg'])
 
 Both functions build on `swiftlite.engine.generate.generate`; the streaming one runs it in a worker thread
 and passes text deltas through a queue. The `StreamingGeneration` helper below is shared with `mm infer`.
@@ -68,9 +71,14 @@ def history_pairs(history) -> list[list[str]]:
     return pairs
 
 
-def build_conversation(query: str, history=None, system: str | None = None, images=None, audios=None) -> Conversation:
+def build_conversation(query: str, history=None, system: str | None = None, images=None, audios=None,
+                       urls=None) -> Conversation:
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if urls is not None:  # rtp-llm's pipeline(prompt, urls=[...])
+        if images is not None:
+            raise TypeError("give the images as images= or as urls= (rtp-llm's name), not both")
+        images = urls
     return conversation_from_query(query, history_pairs(history), system, images, audios)
 
 
@@ -130,10 +138,10 @@ class StreamingGeneration:
 
 
 def _prepare(model, template, query, history, system, images, audios, generation_config, stop_words,
-             sampling) -> tuple[dict, object, list[list[str]]]:
+             sampling, urls=None) -> tuple[dict, object, list[list[str]]]:
     quiet_generation_flag_warning()
     pairs = history_pairs(history)
-    conversation = build_conversation(query, pairs, system, images, audios)
+    conversation = build_conversation(query, pairs, system, images, audios, urls)
     params = sampling_params(model, generation_config, stop_words, **sampling)
     row = template.encode(conversation, add_generation_prompt=True)
     return row, params, pairs
@@ -141,7 +149,7 @@ def _prepare(model, template, query, history, system, images, audios, generation
 
 def inference(model, template, query: str, history=None, system: str | None = None, images=None, audios=None,
               generation_config=None, stop_words: list[str] | None = None, adapter_names: list[str] | None = None,
-              **sampling) -> tuple[str, list[list[str]]]:
+              urls=None, **sampling) -> tuple[str, list[list[str]]]:
     """One reply to `query` after `history`. Returns (response, history + [[query, response]]).
 
     Generation settings come from `generation_config` (default: `model.generation_config`, so setting
@@ -151,21 +159,22 @@ def inference(model, template, query: str, history=None, system: str | None = No
     from swiftlite.engine.generate import generate
 
     row, params, pairs = _prepare(model, template, query, history, system, images, audios, generation_config,
-                                  stop_words, sampling)
+                                  stop_words, sampling, urls)
     result = generate(model, template, [row], [params], adapter_names=adapter_names)[0]
     return result.text, pairs + [[query, result.text]]
 
 
 def inference_stream(model, template, query: str, history=None, system: str | None = None, images=None,
                      audios=None, generation_config=None, stop_words: list[str] | None = None,
-                     adapter_names: list[str] | None = None, **sampling) -> Iterator[tuple[str, list[list[str]]]]:
+                     adapter_names: list[str] | None = None, urls=None,
+                     **sampling) -> Iterator[tuple[str, list[list[str]]]]:
     """Like `inference`, but yields (response so far, history with the partial turn) as tokens arrive.
 
     The last item holds the whole response. Stopping the iteration early cancels the generation.
     """
     # Encode eagerly, so that a bad image or history raises at the call, not at the first next().
     row, params, pairs = _prepare(model, template, query, history, system, images, audios, generation_config,
-                                  stop_words, sampling)
+                                  stop_words, sampling, urls)
     return _stream(model, template, row, params, pairs, query, adapter_names)
 
 

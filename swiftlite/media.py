@@ -14,7 +14,8 @@ content parts) into one form: text with ``<image>`` / ``<audio>`` placeholders p
 ordered lists of sources.
 
 Only stdlib, PIL and numpy are imported at module level so that ``mm --help`` stays
-fast; the fetcher imports ``urllib.request`` lazily and ``soundfile`` is optional.
+fast; the fetcher imports ``urllib.request`` lazily, and audio decoding and resampling live in
+:mod:`swiftlite.audio` (soundfile, soxr), imported when audio is loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import mimetypes
 import os
 import re
 import time
-import wave
 from dataclasses import dataclass
 
 import numpy as np
@@ -340,63 +340,6 @@ def image_to_data_url(image_or_path, fmt: str = "PNG") -> str:
 # --------------------------------------------------------------------------- audio
 
 
-def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode PCM WAV with the stdlib: (mono float32 in [-1, 1], sample rate)."""
-    with wave.open(io.BytesIO(data), "rb") as wav:
-        channels = wav.getnchannels()
-        width = wav.getsampwidth()
-        rate = wav.getframerate()
-        frames = wav.readframes(wav.getnframes())
-    if width == 1:  # 8-bit WAV is unsigned, centred on 128
-        samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        samples = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 3:  # 24-bit: pad each little-endian sample to 4 bytes, then shift back down
-        raw = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3)
-        padded = np.zeros((raw.shape[0], 4), dtype=np.uint8)
-        padded[:, 1:] = raw
-        samples = (padded.view("<i4").reshape(-1) >> 8).astype(np.float32) / 8388608.0
-    elif width == 4:
-        samples = np.frombuffer(frames, dtype="<i4").astype(np.float32) / 2147483648.0
-    else:
-        raise ValueError(f"unsupported WAV sample width {width * 8} bits")
-    # Drop a trailing partial frame rather than failing on a slightly truncated file.
-    usable = len(samples) - len(samples) % channels
-    samples = samples[:usable].reshape(-1, channels).mean(axis=1)
-    return samples.astype(np.float32), rate
-
-
-def _decode_audio(data: bytes, source) -> tuple[np.ndarray, int]:
-    wav_error = None
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        try:
-            return _decode_wav(data)
-        except (wave.Error, EOFError, ValueError) as e:
-            wav_error = e  # e.g. float or compressed WAV: soundfile may still read it
-    try:
-        import soundfile
-    except ImportError:
-        detail = f": {wav_error}" if wav_error else ""
-        raise MediaError(
-            f"cannot decode audio from {short(source)}{detail} (only WAV without the soundfile package)"
-        ) from None
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile errors on untrusted bytes all mean "bad audio"
-        raise MediaError(f"cannot decode audio from {short(source)}: {e}") from None
-    return samples.mean(axis=1).astype(np.float32), int(rate)
-
-
-def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Linear-interpolation resampling: good enough for speech encoders, no scipy needed."""
-    if rate == target or len(samples) == 0:
-        return samples
-    out_len = max(1, int(round(len(samples) * target / rate)))
-    old_times = np.arange(len(samples), dtype=np.float64) / rate
-    new_times = np.arange(out_len, dtype=np.float64) / target
-    return np.interp(new_times, old_times, samples).astype(np.float32)
-
-
 def load_audio(source, policy: MediaPolicy | None = None, sampling_rate: int = 16000) -> np.ndarray:
     """Load any supported audio source as a mono float32 waveform at ``sampling_rate``.
 
@@ -407,11 +350,11 @@ def load_audio(source, policy: MediaPolicy | None = None, sampling_rate: int = 1
         policy = MediaPolicy()
     if isinstance(source, np.ndarray):
         return source.astype(np.float32, copy=False)
+    from swiftlite.audio import decode_audio, resample_audio
+
     data = read_media_bytes(source, policy, "audio")
-    samples, rate = _decode_audio(data, source)
-    if rate <= 0:
-        raise MediaError(f"cannot decode audio from {short(source)}: invalid sample rate {rate}")
-    return _resample(samples, rate, sampling_rate)
+    samples, rate = decode_audio(data, short(source))
+    return resample_audio(samples, rate, sampling_rate)
 
 
 # --------------------------------------------------------------------------- prompt text helpers

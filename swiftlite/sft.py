@@ -39,10 +39,10 @@ def sft(
     use_hf: Annotated[bool | None, flag(
         "use_hf", "Download from the Hugging Face Hub instead of ModelScope (or USE_HF=1).")] = None,
     template_type: Annotated[str | None, opt(
-        "template_type", "Override the model's chat template (`mm list templates`).")] = None,
+        "template_type", "Override the model's chat template (`mm list templates`).", "--template")] = None,
     system: Annotated[str | None, opt(
         "system", "Default system prompt for rows without one (recorded for infer).")] = None,
-    dtype: Annotated[str, opt("dtype", "auto (checkpoint dtype on GPU, fp32 on CPU) | bf16 | fp16 | fp32.")] = "auto",
+    dtype: Annotated[str, opt("dtype", "auto (checkpoint dtype on GPU, fp32 on CPU) | bf16 | fp16 | fp32.", "--torch_dtype")] = "auto",
     max_pixels: Annotated[int | None, opt(
         "max_pixels", "Downscale images above this many pixels (or env MAX_PIXELS).")] = None,
     attn_impl: Annotated[str | None, opt(
@@ -60,7 +60,8 @@ def sft(
     val_dataset: Annotated[list[str] | None, opt(
         "val_dataset", "Validation data (same forms); default: a held-out split.")] = None,
     dataset_test_ratio: Annotated[float, opt(
-        "dataset_test_ratio", "Share of --dataset held out for evaluation when no --val_dataset.")] = 0.01,
+        "dataset_test_ratio", "Share of --dataset held out for evaluation when no --val_dataset.",
+        "--split_dataset_ratio")] = 0.01,
     max_length: Annotated[int, opt(
         "max_length", "Most tokens per row, counted after image-token expansion (<=0: no limit).")] = 2048,
     truncation_strategy: Annotated[str, opt(
@@ -76,10 +77,11 @@ def sft(
         "each row (positions restart per row, M-RoPE ones included); same loss, no compute spent on padding.")] = False,
     # ---- what trains ----
     sft_type: Annotated[str, opt(
-        "sft_type", "lora (a peft adapter) | full (every weight except frozen parts).")] = "lora",
+        "sft_type", "lora (a peft adapter) | full (every weight except frozen parts).", "--train_type", "--tuner_type")] = "lora",
     lora_target_modules: Annotated[list[str] | None, opt(
         "lora_target_modules",
-        "DEFAULT (LLM linear layers) | ALL (every linear layer, vision too, not lm_head) | names, comma separated.",
+        "DEFAULT or all-linear (LLM linear layers) | ALL (every linear layer, vision too, not lm_head) | names, "
+        "comma separated.", "--target_modules",
     )] = None,
     lora_rank: Annotated[int, opt("lora_rank", "LoRA rank r.")] = 8,
     lora_alpha: Annotated[int, opt("lora_alpha", "LoRA alpha (the update is scaled by alpha/r).")] = 32,
@@ -100,7 +102,8 @@ def sft(
     batch_size: Annotated[int, opt(
         "batch_size", "Rows per device per forward pass.", "--per_device_train_batch_size", "--per-device-train-batch-size")] = 1,
     eval_batch_size: Annotated[int | None, opt(
-        "eval_batch_size", "Rows per device per evaluation pass (default: --batch_size).")] = None,
+        "eval_batch_size", "Rows per device per evaluation pass (default: --batch_size).",
+        "--per_device_eval_batch_size")] = None,
     gradient_accumulation_steps: Annotated[int | None, opt(
         "gradient_accumulation_steps",
         "Forward passes per optimiser step (default: ceil(16 / batch_size / processes), as ms-swift).",
@@ -122,7 +125,7 @@ def sft(
     output_dir: Annotated[str, opt(
         "output_dir", "Where runs go: <output_dir>/<model_type>/v<N>-<timestamp>/.")] = "output",
     add_output_dir_suffix: Annotated[bool, flag(
-        "add_output_dir_suffix", "Add <model_type>/v<N>-<timestamp> to --output_dir.")] = True,
+        "add_output_dir_suffix", "Add <model_type>/v<N>-<timestamp> to --output_dir.", "add_version")] = True,
     save_steps: Annotated[int | None, opt(
         "save_steps", "Save a checkpoint every N steps (default: --eval_steps), and at the end.")] = None,
     eval_steps: Annotated[int, opt(
@@ -151,11 +154,16 @@ def sft(
 def sft_main(**flags) -> dict:
     """Python API (ms-swift's `sft_main`): `sft_main(model="DIR", dataset=["train.jsonl"], max_steps=10)`.
 
+    Flags may be given by their ms-swift 3.x/4.x names as well (`tuner_type="lora"`, `split_dataset_ratio=0.1`).
+
     Takes the flags of `mm sft` as keyword arguments (defaults as on the command line); returns the final
     summary (last_model_checkpoint, best_model_checkpoint, throughput, ...).
     """
     import inspect
 
+    from swiftlite.options import python_keywords
+
+    flags = python_keywords(sft, flags)  # ms-swift 3.x/4.x names too: train_type=, per_device_train_batch_size=
     parameters = inspect.signature(sft).parameters
     unknown = sorted(set(flags) - set(parameters))
     if unknown:
@@ -303,11 +311,14 @@ def run_sft(args: dict) -> dict:
     val_set = EncodedDataset(val_rows, **encode) if val_rows else None
     if train_set.dropped:
         report(f"dropped {len(train_set.dropped)} training rows longer than --max_length {args['max_length']}")
+    from swiftlite.training.lr_check import LearningRateWatch
+
     trainer_ref: list = []
     logging_file = run_dir / "logging.jsonl"
+    learning_rates = LearningRateWatch()
     trainer = SftTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
-        data_collator=Collator(template), callbacks=[JsonlLogger(logging_file, trainer_ref)],
+        data_collator=Collator(template), callbacks=[JsonlLogger(logging_file, trainer_ref), learning_rates],
         sft_args=sft_args, base_model_dir=str(resolved.model_dir), full_checkpoint=args["sft_type"] == "full",
         part_learning_rates=part_rates,
         packing=args["packing"],
@@ -334,6 +345,8 @@ def run_sft(args: dict) -> dict:
         report(f"{summary['train_samples_per_second']} samples/s, {summary['train_tokens_per_second']} tokens/s, "
                f"data preparation {100 * summary['data_time_share']:.1f}% of step time"
                + (f", {summary['dropped_rows']} rows dropped" if summary["dropped_rows"] else ""))
+        if learning_rates.warning(training_args):
+            report(learning_rates.warning(training_args))
     return summary
 
 
@@ -346,7 +359,8 @@ def report(message: str) -> None:
 def check_flags(args: dict) -> None:
     """Mistakes in flags fail here, in one line, before anything heavy is imported."""
     if args["sft_type"] not in SFT_TYPES:
-        raise UserError(f"--sft_type {args['sft_type']}: expected lora or full")
+        raise UserError(f"--sft_type {args['sft_type']}: expected lora or full (also when spelled --train_type "
+                        "or --tuner_type; ms-swift's other tuners are not available)")
     if not args["dataset"]:
         raise UserError("--dataset: name at least one dataset file (.json, .jsonl, .csv) or hub dataset")
     if not args["model_type"] and not args["model"]:

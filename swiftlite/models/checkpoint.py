@@ -16,6 +16,7 @@ from swiftlite.errors import UserError
 from swiftlite.models.loading import ResolvedModel, read_config, resolve_model
 
 SFT_ARGS_FILE = "sft_args.json"
+MS_SWIFT_ARGS_FILE = "args.json"  # what ms-swift 3.x/4.x saves beside its checkpoints
 
 
 @dataclass
@@ -59,6 +60,8 @@ def read_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
         except json.JSONDecodeError as error:
             raise UserError(f"{args_file} is not valid JSON: {error}") from None
         return Checkpoint(path.resolve(), args)
+    if (path / "adapter_config.json").is_file():  # an adapter trained elsewhere (ms-swift 3.x/4.x, peft)
+        return Checkpoint(path.resolve(), foreign_adapter_args(path))
     if (path / "config.json").is_file():
         return Checkpoint(path.resolve(), {})  # a plain model directory: treat as a full checkpoint
     raise UserError(
@@ -67,16 +70,51 @@ def read_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
     )
 
 
-def resolve_checkpoint(checkpoint: Checkpoint, use_hf: bool | None = None) -> ResolvedModel:
-    """The model the checkpoint runs on: its base model for an adapter, itself for full weights."""
+def foreign_adapter_args(path: Path) -> dict:
+    """What reloading needs, in sft_args.json's terms, for an adapter without sft_args.json: from ms-swift
+    3.x/4.x's args.json when there is one, else the base model peft recorded in adapter_config.json.
+
+    ms-swift's model_type and template names (qwen2_vl) are not swiftlite's, so they are left out: the base
+    model's config.json picks the family and its template."""
+    args_file = path / MS_SWIFT_ARGS_FILE
+    if args_file.is_file():
+        try:
+            raw = json.loads(args_file.read_text())
+        except json.JSONDecodeError as error:
+            raise UserError(f"{args_file} is not valid JSON: {error}") from None
+        args = {"model_id_or_path": raw.get("model"), "system": raw.get("system"), "dtype": raw.get("torch_dtype"),
+                "sft_type": raw.get("tuner_type") or raw.get("train_type"), "dataset": raw.get("dataset"),
+                "val_dataset": raw.get("val_dataset") or None, "dataset_test_ratio": raw.get("split_dataset_ratio"),
+                "seed": raw.get("data_seed", raw.get("seed"))}
+    else:
+        try:
+            adapter = json.loads((path / "adapter_config.json").read_text())
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path / 'adapter_config.json'} is not valid JSON: {error}") from None
+        args = {"model_id_or_path": adapter.get("base_model_name_or_path"), "sft_type": "lora"}
+    return {key: value for key, value in args.items() if value is not None}
+
+
+def resolve_checkpoint(checkpoint: Checkpoint, use_hf: bool | None = None, base_model: str | None = None) -> ResolvedModel:
+    """The model the checkpoint runs on: its base model for an adapter, itself for full weights.
+
+    `base_model` (`--model` next to `--adapters`, as ms-swift 3.x/4.x users write it) is used for an adapter whose
+    recorded base is missing or not found here."""
     if checkpoint.is_adapter:
         base = checkpoint.base_model
-        if base and not Path(base).exists() and checkpoint.model_type and "/" in base and not base.startswith("/"):
-            return resolve_model(checkpoint.model_type, base, use_hf)
+        if base_model and (not base or not Path(base).exists()):
+            base = base_model
+        hub_id = base and base.count("/") == 1 and not base.startswith((".", "/", "~"))
+        if base and not Path(base).exists() and (checkpoint.model_type and "/" in base and not base.startswith("/")
+                                                 or hub_id):
+            return resolve_model(_registered(checkpoint.model_type), base, use_hf)
         if not base or not Path(base).exists():
             if checkpoint.model_type:
                 return _with_template(resolve_model(checkpoint.model_type, None, use_hf), checkpoint)
-            raise UserError(f"{checkpoint.ckpt_dir}: the base model {base!r} recorded in {SFT_ARGS_FILE} is not found")
+            raise UserError(f"{checkpoint.ckpt_dir}: the base model {base!r} recorded in {SFT_ARGS_FILE} is not found"
+                            if (checkpoint.ckpt_dir / SFT_ARGS_FILE).is_file() else
+                            f"{checkpoint.ckpt_dir}: the adapter's base model {base!r} is not found; name it with "
+                            "--model BASE")
         return _with_template(resolve_model(_registered(checkpoint.model_type), base, use_hf), checkpoint)
     read_config(checkpoint.ckpt_dir)
     resolved = resolve_model(_registered(checkpoint.model_type), str(checkpoint.ckpt_dir), use_hf)
@@ -125,7 +163,7 @@ def load_for_inference(
 
     checkpoint = read_checkpoint(ckpt_dir) if ckpt_dir else None
     if checkpoint is not None:
-        resolved = resolve_checkpoint(checkpoint, use_hf)
+        resolved = resolve_checkpoint(checkpoint, use_hf, base_model=model_id_or_path)
         if dtype in (None, "auto") and checkpoint.dtype not in (None, "auto") and default_device() != "cpu":
             dtype = checkpoint.dtype
         system = system if system is not None else checkpoint.system
@@ -137,10 +175,8 @@ def load_for_inference(
     model = load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
     adapters = {}
     if checkpoint is not None and checkpoint.is_adapter:
-        from peft import PeftModel
-
         name = "default"
-        model = PeftModel.from_pretrained(model, str(checkpoint.ckpt_dir), adapter_name=name)
+        model = peft_model_from_pretrained(model, str(checkpoint.ckpt_dir), adapter_name=name)
         model.eval()
         adapters[name] = str(checkpoint.ckpt_dir)
     template = get_template(
@@ -148,3 +184,19 @@ def load_for_inference(
         media_policy=media_policy,
     )
     return LoadedModel(model, tokenizer, template, resolved, checkpoint, adapters)
+
+
+def peft_model_from_pretrained(model, path: str, adapter_name: str = "default"):
+    """peft's PeftModel.from_pretrained, without the FutureWarning it triggers on transformers 5.
+
+    PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5 deprecated in favour of
+    is_activation_checkpointing; the notice is peft's to fix, and in infer and deploy it only confuses users.
+    Only that one warning, only during this call, is silenced.
+    """
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return PeftModel.from_pretrained(model, path, adapter_name=adapter_name)

@@ -59,9 +59,23 @@ def download(hub_id: str, use_hf: bool, revision: str | None = None) -> Path:
         hub = "Hugging Face" if use_hf else "ModelScope"
         switch = "drop --use_hf" if use_hf else "try --use_hf true"
         raise UserError(
-            f"could not download {hub_id!r} from {hub} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            f"could not download {hub_id!r} from {hub} ({error_summary(error)}). "
             f"Check the id and your network, {switch}, or pass a local directory with --model."
         ) from None
+
+
+def error_summary(error: Exception, limit: int = 240) -> str:
+    """`Type: message` on one line, shortened at a word boundary (never mid-word); an `[Errno N] reason` that
+    the shortening dropped (urllib3 puts it last, after the URL) is kept, since it says what went wrong."""
+    import re
+    import textwrap
+
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    short = textwrap.shorten(text, width=limit, placeholder=" ...")
+    errno = re.search(r"\[Errno [-\d]+\] [^'\")\]]+", text)
+    if errno and errno.group(0) not in short:
+        short += f" ({errno.group(0).strip()})"
+    return short
 
 
 def resolve_model(model_type: str | None = None, model_id_or_path: str | None = None,
@@ -258,10 +272,28 @@ def check_attn_impl(attn_impl: str | None, flag_name: str = "--attn_impl") -> st
     return attn_impl
 
 
+_load_model = load_model  # get_model_tokenizer's `load_model` keyword (ms-swift's name) hides the function there
+
+
 def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_kwargs: dict | None = None,
                         load_model_weights: bool = True, model_id_or_path: str | None = None,
-                        use_hf: bool | None = None):
-    """ms-swift's API: (model, tokenizer) for a model type (or a hub id / directory)."""
+                        use_hf: bool | None = None, *, load_model: bool | None = None, device_map=None):
+    """ms-swift's API: (model, tokenizer) for a model type (or a hub id / directory).
+
+    Both generations of ms-swift's call work: 2.x `get_model_tokenizer(model_type, ..., load_model_weights=False)`
+    and 3.x/4.x `get_model_tokenizer(model_id_or_path, ..., load_model=False, device_map=...)`; with
+    `load_model(_weights)=False` the model is None.
+    """
+    from swiftlite.models import MODEL_TYPES
+
+    if load_model is not None:
+        if load_model_weights is not True and bool(load_model) != bool(load_model_weights):
+            raise TypeError(f"get_model_tokenizer: load_model={load_model} and load_model_weights={load_model_weights} "
+                            "disagree; give one of them")
+        load_model_weights = load_model
+    if (model_id_or_path is None and model_type and model_type not in MODEL_TYPES
+            and ("/" in model_type or Path(model_type).expanduser().is_dir())):
+        model_type, model_id_or_path = None, model_type  # 3.x/4.x: the first argument is the model id or path
     resolved = resolve_model(model_type, model_id_or_path, use_hf)
     tokenizer = load_tokenizer(resolved.model_dir, resolved.family)
     tokenizer.swiftlite_model_type = resolved.model_type
@@ -269,10 +301,10 @@ def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_k
     if not load_model_weights:
         return None, tokenizer
     model_kwargs = dict(model_kwargs or {})
-    device_map = model_kwargs.pop("device_map", None)
+    device_map = model_kwargs.pop("device_map", device_map)
     if isinstance(torch_dtype, str) or torch_dtype is None:
         torch_dtype = choose_dtype(torch_dtype, resolved.torch_dtype)
-    model = load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
+    model = _load_model(resolved.model_dir, resolved.family, torch_dtype, device_map)
     model.swiftlite_model_type = resolved.model_type
     model.swiftlite_template_type = resolved.template_type
     return model, tokenizer

@@ -21,8 +21,8 @@ QWEN2_AUDIO = ModelFamily(
     requires=("transformers>=4.45",),
     multi_image=False,  # no images at all; several audio clips per turn are fine
     notes="several clips per turn (the template numbers them 'Audio 1:', 'Audio 2:'); audio past 30 s is "
-          "cut by the feature extractor, as in the official processor; WAV is decoded natively, other formats "
-          "need the soundfile package; the base model uses the raw "
+          "cut by the feature extractor, as in the official processor; WAV, FLAC, OGG and MP3 are decoded by "
+          "libsndfile and resampled to 16 kHz by soxr; the base model uses the raw "
           "'<|audio_bos|><|AUDIO|><|audio_eos|>' + query format (template qwen2-audio-generation)",
 )
 

@@ -16,7 +16,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-from swiftlite.conversation import Conversation, bind_unplaced_media
+from swiftlite.conversation import URL_PLACEHOLDER, Conversation, bind_unplaced_media, bind_url_placeholders
 from swiftlite.engine.generate import SamplingParams
 from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text, extract_media_tags
 from swiftlite.server.errors import APIError, bad_request, from_exception
@@ -227,6 +227,9 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} objects", param="messages")
+    extra_images = _string_list(body, "images")
+    if _has_url_placeholders(messages):
+        messages, extra_images = _bind_url_placeholders(messages, extra_images), []
     conversation = Conversation()
     for index, message in enumerate(messages):
         param = f"messages[{index}]"
@@ -251,7 +254,7 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
     if conversation.messages[-1]["role"] != "user":
         raise bad_request("the last message must come from the user", param=f"messages[{len(messages) - 1}].role")
     # ms-swift's `images`/`audios` fields: media for the conversation whose text holds no placeholder for them.
-    conversation.images += _string_list(body, "images")
+    conversation.images += extra_images
     conversation.audios += _string_list(body, "audios")
     bind_unplaced_media(conversation)
     _check_media_limits(conversation.images, conversation.audios, limits, "messages")
@@ -259,6 +262,46 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
     common["sampling"].update(logprobs=logprobs, top_logprobs=top_logprobs)
     return ParsedRequest("chat", common["model"], [conversation], common["sampling"], max_tokens, common["n"],
                          common["stream"], common["include_usage"], logprobs, top_logprobs)
+
+
+def _text_slots(messages: list):
+    """(message, part index or None) of every text in `messages` that may hold `<img/>` placeholders."""
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            yield message, None
+        elif isinstance(content, list):
+            for number, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                    yield message, number
+
+
+def _slot_text(message: dict, number: int | None) -> str:
+    return message["content"] if number is None else message["content"][number]["text"]
+
+
+def _has_url_placeholders(messages) -> bool:
+    return isinstance(messages, list) and any(URL_PLACEHOLDER in _slot_text(m, n) for m, n in _text_slots(messages))
+
+
+def _bind_url_placeholders(messages: list, images: list[str]) -> list:
+    """rtp-llm's `<img/>` placeholders take the request's `images` in order (copies; the body is untouched)."""
+    slots = list(_text_slots(messages))
+    try:
+        texts = bind_url_placeholders([_slot_text(m, n) for m, n in slots], images)
+    except MediaError as error:
+        raise bad_request(f"messages: {error}", param="images", code="invalid_content") from None
+    copies = {id(m): dict(m, content=list(m["content"]) if isinstance(m["content"], list) else m["content"])
+              for m, _ in slots}
+    for (message, number), text in zip(slots, texts):
+        copy = copies[id(message)]
+        if number is None:
+            copy["content"] = text
+        else:
+            copy["content"][number] = dict(copy["content"][number], text=text)
+    return [copies.get(id(m), m) for m in messages]
 
 
 def _normalise_parts(content):
@@ -304,6 +347,8 @@ def parse_completion_request(body, limits: RequestLimits) -> ParsedRequest:
     prompts = []
     for index, text in enumerate(texts):
         try:
+            if URL_PLACEHOLDER in text:  # rtp-llm: `images` go where the <img/> placeholders are
+                text, extra_images = bind_url_placeholders([text], extra_images)[0], []
             text, images, audios = extract_media_tags(text)
         except MediaError as error:
             raise bad_request(f"prompt: {error}", param="prompt", code="invalid_content") from None
