@@ -75,6 +75,8 @@ def deploy(
     allowed_hosts: Annotated[list[str] | None, opt("allowed_hosts", S + "Host header values accepted besides the "
                                                    "loopback names (DNS-rebinding guard; applies when --host is "
                                                    "loopback, or to any --host when given); '*' accepts any.")] = None,
+    request_timeout: Annotated[float, opt("request_timeout", S + "seconds a client may take to send a request's "
+                                          "headers, and again its body; slower ones get HTTP 408.")] = 30.0,
     cors_origins: Annotated[list[str] | None, opt("cors_origins", S + "browser origins allowed to call the API from "
                                                   "other sites, e.g. https://app.example.com or '*' (default: no "
                                                   "CORS headers).")] = None,
@@ -90,7 +92,7 @@ def deploy(
         limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
         media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
         web_ui=web_ui, allowed_media_domains=allowed_media_domains, allowed_hosts=allowed_hosts,
-        cors_origins=cors_origins, host=host,
+        cors_origins=cors_origins, host=host, request_timeout=request_timeout,
     )
     serve(app, sock, host, log_level, shutdown_timeout, ssl_keyfile, ssl_certfile, api_key)
 
@@ -101,7 +103,7 @@ def check_flags(flags: dict) -> None:
     from swiftlite.models.loading import DTYPE_ALIASES
 
     positive = ("max_batch_size", "max_queue", "max_new_tokens", "max_request_bytes", "max_media_bytes",
-                "media_fetch_timeout")
+                "media_fetch_timeout", "request_timeout")
     for name in positive:
         if flags[name] is not None and flags[name] <= 0:
             raise UserError(f"--{name} {flags[name]}: expected a positive number")
@@ -180,7 +182,7 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
               max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
-              cors_origins=None, host="127.0.0.1"):
+              cors_origins=None, host="127.0.0.1", request_timeout=30.0):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
     from swiftlite.engine.worker import BatchingEngine
     from swiftlite.media import MediaPolicy
@@ -228,7 +230,8 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
     settings = ServerSettings(api_key=api_key, max_request_bytes=max_request_bytes, limits=limits,
                               shutdown_timeout=shutdown_timeout, web_ui=web_ui, bind_host=host,
                               allowed_hosts=list(allowed_hosts) if allowed_hosts else None,
-                              cors_origins=list(cors_origins) if cors_origins else None)
+                              cors_origins=list(cors_origins) if cors_origins else None,
+                              request_timeout=request_timeout)
     generation_config = getattr(model_object, "generation_config", None)
     return create_app(engine, loaded.template, served, settings, generation_config, metrics)
 
@@ -317,8 +320,12 @@ def serve(app, sock, host: str, log_level: str = "info", shutdown_timeout: float
             engine.drain(shutdown_timeout)
 
     # uvicorn's own bound comes a little later than ours: it is for flushing the aborted answers.
+    from swiftlite.server.connection import guarded_protocol
+
+    # h11 with slow request heads timed out and half-closed clients answered (swiftlite/server/connection.py).
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout + 5,
-                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
+                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
+                            http=guarded_protocol(app.state.server.settings.request_timeout))
     # uvicorn re-raises the signal that stopped it once it has shut down cleanly. With the default handlers
     # that would kill the process (exit 143 for SIGTERM) after a clean shutdown; these make it exit 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):

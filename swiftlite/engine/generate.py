@@ -133,7 +133,8 @@ class RowSampler:
             if p.top_p is not None and p.top_p < 1.0:
                 sorted_logits, order = torch.sort(logits, descending=True)
                 cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-                drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep at least one
+                drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p
+                drop[0] = False  # keep the likeliest token even when top_p (1e-300) rounds to 0 in float32
                 logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
             probabilities = torch.softmax(logits, dim=-1)
             if not bool(torch.isfinite(probabilities).all()) or float(probabilities.sum()) <= 0:

@@ -77,7 +77,7 @@ class ServerSettings:
     web_ui: bool = False  # serve the chat page (swiftlite/server/static) at /
     fetch_workers: int = 8  # threads that fetch media URLs: separate from encode_workers, so slow URLs only
     # delay the requests that name them, never text-only ones
-    body_timeout: float = 30.0  # seconds a client may take to send its whole body (slow-body attacks)
+    request_timeout: float = 30.0  # seconds a client may take to send a request head, and again its body
     bind_host: str = "127.0.0.1"  # loopback: only loopback Host names are answered (DNS rebinding)
     allowed_hosts: list[str] | None = None  # --allowed_hosts
     cors_origins: list[str] | None = None  # --cors_origins
@@ -276,9 +276,9 @@ class OpenAIServer:
 
         try:
             # One deadline for the whole body: a client dripping a byte at a time must not hold a slot forever.
-            await asyncio.wait_for(read(), self.settings.body_timeout)
+            await asyncio.wait_for(read(), self.settings.request_timeout)
         except asyncio.TimeoutError:
-            raise APIError(408, f"the request body did not arrive within {self.settings.body_timeout:g} seconds",
+            raise APIError(408, f"the request body did not arrive within {self.settings.request_timeout:g} seconds",
                            code="request_timeout") from None
         if size > limit or (declared.isdigit() and int(declared) > limit):
             raise too_large
