@@ -30,8 +30,15 @@ JSON_BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def is_loopback(host: str) -> bool:
+    import ipaddress
+
     host = host.strip("[]").lower()
-    return host in LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost")
+    if host in LOOPBACK_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_name(header: str) -> str:
