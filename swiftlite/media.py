@@ -26,6 +26,7 @@ import math
 import mimetypes
 import os
 import re
+import warnings
 import wave
 from dataclasses import dataclass
 
@@ -260,7 +261,10 @@ def load_image(source, policy: MediaPolicy | None = None) -> Image.Image:
             source = data_or_path
         data = read_media_bytes(source, policy, "image")
         try:
-            image = Image.open(io.BytesIO(data))  # reads the header only
+            with warnings.catch_warnings():
+                if policy.max_image_pixels:  # our own cap is checked next, before any decoding: PIL need not warn
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))  # reads the header only
         except Exception as e:
             raise MediaError(f"cannot decode image from {short(source)}: {e}") from None
         check_image_size(image.size, source, policy)

@@ -5,10 +5,14 @@
   uvicorn's keep-alive timer). Here every request head must be complete within `head_timeout` seconds of
   the connection opening (or of the previous answer); otherwise the connection gets a 408 and is closed.
   A slow body is the app's to bound (`OpenAIServer._read_json`, the same --request_timeout).
-- Half-closed clients: a client may send its request and then shut down its sending side (SHUT_WR), as
-  `curl --no-keepalive`-style tools and some proxies do. asyncio closes the whole transport on that EOF
-  unless the protocol asks to keep it, so the answer was never written. Here the transport stays open while
-  a request is being answered, and is closed once the answer is out.
+- Half-closed clients: a client may send its request and then shut down its sending side (SHUT_WR), as some
+  tools and proxies do. asyncio closes the whole transport on that EOF unless the protocol asks to keep it,
+  so the answer was never written. Here the transport stays open while a request is being answered, and is
+  closed once the answer is out. But a client that closed its socket altogether (it gave up waiting) sends
+  the same EOF, and its generation must stop. The two differ only in what happens to data sent to them: so
+  until the answer starts we send `HTTP/1.1 100 Continue` every PROBE_INTERVAL seconds (an HTTP/1.1 client
+  must skip 1xx responses it did not ask for). A closed socket answers with a reset, the next write fails,
+  uvicorn reports the disconnect to the app and the generation stops; a half-closed client reads on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PROBE_INTERVAL = 0.5
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -68,8 +74,17 @@ class GuardedH11Protocol(H11Protocol):
     def eof_received(self):
         if self.cycle is not None and not self.cycle.response_complete:
             self.half_closed = True
+            self._probe()
             return True  # keep the transport open: the answer is still to be written
         return None  # nothing in flight: let asyncio close the connection
+
+    def _probe(self) -> None:
+        """Until the answer starts, write a 1xx now and then: a closed peer resets, a half-closed one reads on."""
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or cycle.response_started or cycle.response_complete:
+            return
+        self.transport.write(CONTINUE)
+        self.loop.call_later(PROBE_INTERVAL, self._probe)
 
 
 def guarded_protocol(head_timeout: float) -> type[GuardedH11Protocol]:
