@@ -253,3 +253,17 @@ def test_long_names_are_not_echoed_whole(default_server):
     assert response.status_code == 400 and len(response.text) < 1000
     response = httpx.get(default_server.url + "/" + "p" * 6000)
     assert response.status_code == 404 and len(response.text) < 1000
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--cors_origins", "app.example.com"], "--cors_origins 'app.example.com'"),
+    (["--allowed_media_domains", "http://media.example.com/"], "--allowed_media_domains 'http://media.example.com/'"),
+    (["--allowed_hosts", "a b"], "--allowed_hosts 'a b'"),
+    (["--request_timeout", "0"], "--request_timeout 0"),
+])
+def test_bad_security_flags_fail_before_loading(capsys, flags, words):
+    from swiftlite.cli import main
+
+    assert main(["deploy", "--model", "no-such-model-dir", *flags]) == 1
+    error = capsys.readouterr().err
+    assert words in error and "Traceback" not in error
