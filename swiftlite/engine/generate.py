@@ -12,9 +12,10 @@ greedy decoding, another temperature 0.7 with its own seed, another stops at "Ob
   went away), and reports text deltas as they appear.
 - `RowStopper` (a stopping criterion) tells `generate` which rows are finished; it ends when all are.
 
-A failure in one row's own work (its generator's seed, a sampling distribution that came out inf/NaN, its
-decoding) ends that row with finish_reason "error" and the reason in `RowResult.error`; the other rows of the
-batch go on. Only a failure of the model's forward pass, which all rows share, fails the whole batch.
+With `isolate_rows` (the server's engine), a failure in one row's own work (its generator's seed, a sampling
+distribution that came out inf/NaN, its decoding) ends that row with finish_reason "error" and the reason in
+`RowResult.error`; the other rows of the batch go on. Only a failure of the model's forward pass, which all rows
+share, fails the whole batch. Without it (mm infer, the Python API), such a failure raises once the batch ends.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SamplingParams:
 class RowResult:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str | None = None  # "stop", "length" or "cancelled"
+    finish_reason: str | None = None  # "stop", "length", "cancelled", or "error" (with isolate_rows)
     prompt_tokens: int = 0
     logprobs: list[dict] = field(default_factory=list)  # per token: {"token_id", "logprob", "top": [(id, lp)]}
     error: str | None = None  # why the row failed (finish_reason "error"); the batch's other rows are unaffected
@@ -288,8 +289,10 @@ def move_batch(batch: dict, model) -> dict:
 def generate(model, template, rows: list[dict], params: list[SamplingParams],
              on_delta: Callable[[int, str], None] | None = None,
              cancelled: Callable[[int], bool] | None = None,
-             adapter_names: list[str] | None = None) -> list[RowResult]:
-    """Generate for encoded rows (template.encode outputs) with per-row settings; returns one result per row."""
+             adapter_names: list[str] | None = None, isolate_rows: bool = False) -> list[RowResult]:
+    """Generate for encoded rows (template.encode outputs) with per-row settings; returns one result per row.
+
+    isolate_rows: a row whose own sampling fails ends with finish_reason "error" instead of raising."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -314,6 +317,9 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
             stopping_criteria=StoppingCriteriaList([RowStopper(tracker)]), streamer=tracker, **extra,
         )
     tracker.end()
+    failed = [result.error for result in tracker.results if result.finish_reason == "error"]
+    if failed and not isolate_rows:
+        raise RuntimeError(f"generation failed: {failed[0]}")
     for row, result in enumerate(tracker.results):
         if params[row].logprobs:
             result.logprobs = sampler.step_logprobs[row][: len(result.token_ids)]

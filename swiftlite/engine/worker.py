@@ -275,7 +275,7 @@ class BatchingEngine:
             self.metrics.batch_started(len(rows), len(self.waiting))
         try:
             results = generate(self.model, self.template, rows, params, on_delta=on_delta, cancelled=cancelled,
-                               adapter_names=adapters if self.uses_adapters else None)
+                               adapter_names=adapters if self.uses_adapters else None, isolate_rows=True)
         except Exception as error:  # a failure of the model's shared forward pass: every request gets a 500
             logger.exception("generation failed for a batch of %d rows", len(rows))
             for stream in batch:

@@ -38,7 +38,7 @@ from swiftlite.engine.worker import (
     QueueFull,
     TokenDelta,
 )
-from swiftlite.server.errors import APIError, bad_request
+from swiftlite.server.errors import APIError, bad_request, from_exception
 from swiftlite.server.metrics import Metrics
 from swiftlite.server.protocol import (
     RequestLimits,
@@ -307,8 +307,6 @@ class OpenAIServer:
         param = "messages" if parsed.endpoint == "chat" else "prompt"
         for (sources, index, _), result in zip(jobs, results):
             if isinstance(result, BaseException):
-                from swiftlite.server.errors import from_exception
-
                 raise from_exception(result, param=param)
             sources[index] = result
 
