@@ -168,7 +168,7 @@ def _read_body(response, policy, deadline: float) -> bytes:
     if declared.isdigit() and int(declared) > policy.max_bytes:
         raise FetchRefused(f"larger than the {policy.max_bytes} byte limit")
     data = bytearray()
-    for chunk in response.iter_raw(64 * 1024):
+    for chunk in response.iter_raw():  # no chunk_size: httpx would gather chunks up to it, ignoring the deadline
         data += chunk
         if len(data) > policy.max_bytes:  # stop at the cap: never buffer an unbounded body
             raise FetchRefused(f"larger than the {policy.max_bytes} byte limit")

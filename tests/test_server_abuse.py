@@ -28,21 +28,27 @@ MODEL = "qwen2-vl"
 
 
 class _Slow(http.server.BaseHTTPRequestHandler):
-    """A media host that drips its body, one byte every 0.2 s (30 bytes: 6 s)."""
+    """A media host that drips its body, one byte every 0.2 s (60 bytes: 12 s); it counts the fetches it saw
+    and those it could drip to the end (a fetcher that honours its deadline hangs up long before)."""
+
+    fetches = 0
+    completed = 0
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
+        type(self).fetches += 1
         try:
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", "30")
+            self.send_header("Content-Length", "60")
             self.end_headers()
-            for _ in range(30):
+            for _ in range(60):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.2)
+            type(self).completed += 1
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server gave up on us: that is the point
 
@@ -259,10 +265,13 @@ def test_large_jpegs_decode_reduced():
 
 # ---- slow fetches, slow heads, slow bodies, half-closed clients ------------------------------------------------
 def test_a_dripping_url_is_cut_at_the_total_fetch_timeout(server, drip_url):
+    completed = _Slow.completed
     response = post(server, chat([{"type": "image_url", "image_url": {"url": drip_url}}]))
-    # The fetch timeout is 4 s. Had it applied per read, the 30 bytes would arrive in 6 s and fail as "cannot
-    # decode image".
+    # The fetch timeout is 4 s. Had it applied per read, or only between reads of a buffer, the 60 bytes would
+    # have been read to the end (12 s) before the answer: the drip completed, or "cannot decode image".
     assert response.status_code == 400 and "refused or failed" in response.json()["error"]["message"]
+    time.sleep(1)  # the drip notices the hang-up at its next write
+    assert _Slow.completed == completed
 
 
 def test_dripping_fetches_do_not_hold_back_text_only_requests(server, drip_url):
@@ -275,6 +284,17 @@ def test_dripping_fetches_do_not_hold_back_text_only_requests(server, drip_url):
         assert text.status_code == 200
         assert pending == 6  # the text-only request was answered while every drip still held its fetch
         assert all(drip.result().status_code == 400 for drip in drips)
+
+
+def test_a_request_naming_many_slow_urls_holds_the_fetch_pool_for_one_deadline(server, drip_url):
+    before = _Slow.fetches
+    urls = [f"{drip_url}?copy={index}" for index in range(40)]  # 8 fetch threads: five deadlines if all ran
+    response = post(server, chat([{"type": "image_url", "image_url": {"url": url}} for url in urls]))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+    time.sleep(0.5)
+    # Half the pool (4 of 8 threads) at a time, and nothing more after the first failure: the rest never opened.
+    assert _Slow.fetches - before <= 4, _Slow.fetches - before
+    assert post(server, chat("text after")).status_code == 200
 
 
 def read_until_closed(sock: socket.socket) -> bytes:

@@ -1,8 +1,9 @@
 """The HTTP server: OpenAI-compatible routes on starlette, in front of the batching engine.
 
-A generation request goes: authorise -> read the body (capped) -> parse and check fields (event loop) ->
-load media and encode (thread pool) -> submit to the engine (429 when its queue is full) -> answer as one JSON
-or as server-sent events. Everything that can be the client's fault is found before the response starts, so
+A request first passes the guard (server/security.py: Host, Content-Type, CORS, frame headers). A generation
+request then goes: authorise -> read the body (capped, within --request_timeout) -> parse and check fields
+(event loop) -> fetch its media URLs (fetch pool, swiftlite/media_fetch.py) -> load media and encode (encode
+pool) -> submit to the engine (429 when its queue is full) -> answer as one JSON or as server-sent events. Everything that can be the client's fault is found before the response starts, so
 it gets a 4xx; a failure after a stream has started is sent as an error event and the stream is closed.
 
 Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions, POST /v1/completions, GET /health,
@@ -289,26 +290,45 @@ class OpenAIServer:
 
         Encoding then never waits on the network, so URLs that drip hold fetch threads only, and text-only
         requests still find every encode thread free. Each fetch has the policy's total deadline and size cap.
+        One request runs at most half the pool's fetches at once, all of them within that deadline (plus a
+        second), and stops at its first failure: a request naming a thousand slow URLs holds four threads for
+        one deadline, not the whole pool for a thousand.
         """
         from swiftlite.media import read_media_bytes
 
         policy = self.template.media_policy
-        loop = asyncio.get_running_loop()
-        jobs = []
-        for prompt in parsed.prompts:
-            for kind, sources in (("image", prompt.images), ("audio", prompt.audios)):
-                for index, source in enumerate(sources):
-                    if isinstance(source, str) and source.strip()[:8].lower().startswith(("http://", "https://")):
-                        future = loop.run_in_executor(self.fetch_pool, read_media_bytes, source, policy, kind)
-                        jobs.append((sources, index, future))
-        if not jobs:
+        waiting = [(sources, index, kind) for prompt in parsed.prompts
+                   for kind, sources in (("image", prompt.images), ("audio", prompt.audios))
+                   for index, source in enumerate(sources)
+                   if isinstance(source, str) and source.strip()[:8].lower().startswith(("http://", "https://"))]
+        if not waiting:
             return
-        results = await asyncio.gather(*(future for _, _, future in jobs), return_exceptions=True)
+        loop = asyncio.get_running_loop()
         param = "messages" if parsed.endpoint == "chat" else "prompt"
-        for (sources, index, _), result in zip(jobs, results):
-            if isinstance(result, BaseException):
-                raise from_exception(result, param=param)
-            sources[index] = result
+        window = max(1, self.settings.fetch_workers // 2)
+        deadline = loop.time() + policy.fetch_timeout + 1
+        running: dict = {}  # future -> (sources, index)
+        try:
+            while waiting or running:
+                while waiting and len(running) < window:
+                    sources, index, kind = waiting.pop(0)
+                    future = loop.run_in_executor(self.fetch_pool, read_media_bytes, sources[index], policy, kind)
+                    running[future] = (sources, index)
+                done, _ = await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise bad_request(f"the request's media URLs were not all fetched within "
+                                      f"{policy.fetch_timeout:g}s (--media_fetch_timeout)", param=param,
+                                      code="invalid_media")
+                for future in done:
+                    sources, index = running.pop(future)
+                    if future.exception() is not None:
+                        raise from_exception(future.exception(), param=param)
+                    sources[index] = future.result()
+        finally:
+            for future in running:  # abandoned: a running fetch still ends at its own deadline
+                future.cancel()
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits for it
 
     def _served_model(self, name: str | None) -> ServedModel:
         if name is None:
