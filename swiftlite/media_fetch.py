@@ -14,6 +14,7 @@ of the operator's private network, in any of the spellings the C resolver accept
 - redirects are followed by hand, at most MAX_REDIRECTS, and every hop is vetted the same way;
 - the whole fetch has one deadline (``policy.fetch_timeout``), not a per-read timeout a drip can renew, and the
   body is capped at ``policy.max_bytes``;
+- proxies from the environment are not used (trust_env=False): the vetted address is the one connected to;
 - every refused or failed fetch gets the same message, so error texts cannot serve as a port scanner; the real
   reason goes to the server log.
 

@@ -267,3 +267,17 @@ def test_bad_security_flags_fail_before_loading(capsys, flags, words):
     assert main(["deploy", "--model", "no-such-model-dir", *flags]) == 1
     error = capsys.readouterr().err
     assert words in error and "Traceback" not in error
+
+
+def test_which_hosts_a_server_answers_to():
+    from swiftlite.server.security import RequestGuard
+
+    def allowed(bind, allowed_hosts, header):
+        return RequestGuard(None, bind, allowed_hosts).host_allowed(header)
+
+    assert allowed("127.0.0.1", None, "localhost:8000") and allowed("127.0.0.1", None, "[::1]:8000")
+    assert allowed("::1", None, "127.0.0.1") and allowed("localhost", None, "app.localhost:8000")
+    assert not allowed("127.0.0.1", None, "127.0.0.1.evil.example") and not allowed("127.0.0.1", None, "")
+    assert allowed("0.0.0.0", None, "anything.example")  # exposed on purpose: like vLLM, any Host
+    assert not allowed("0.0.0.0", ["models.example"], "anything.example")
+    assert allowed("0.0.0.0", ["models.example"], "models.example:443") and allowed("0.0.0.0", ["*"], "x")
