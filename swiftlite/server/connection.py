@@ -3,7 +3,9 @@
 - Slow headers (slowloris): uvicorn times out idle keep-alive connections, but a client that sends its request
   head a byte at a time, or opens a connection and says nothing, is kept forever (every byte renews
   uvicorn's keep-alive timer). Here every request head must be complete within `head_timeout` seconds of
-  the connection opening (or of the previous answer); otherwise the connection gets a 408 and is closed.
+  the connection opening (or of the previous answer); otherwise the connection is closed, with a 408 when part
+  of a head had arrived (a connection that sent nothing is closed silently: a browser's spare preconnected
+  socket must not read a 408 as the answer to the request it sends at that moment).
   A slow body is the app's to bound (`OpenAIServer._read_json`, the same --request_timeout).
 - Half-closed clients: a client may send its request and then shut down its sending side (SHUT_WR), as some
   tools and proxies do. asyncio closes the whole transport on that EOF unless the protocol asks to keep it,
@@ -41,6 +43,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return
         self.waiting_cycle = self.cycle
+        self.head_started = False
         self.head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
 
     def _cancel_head_timer(self) -> None:
@@ -51,10 +54,13 @@ class GuardedH11Protocol(H11Protocol):
     def _head_too_slow(self) -> None:
         self.head_timer = None
         if self.cycle is self.waiting_cycle and not self.transport.is_closing():
-            self.transport.write(REQUEST_TIMEOUT)  # we close right after, so bypassing h11 is fine
+            if self.head_started:
+                self.transport.write(REQUEST_TIMEOUT)  # we close right after, so bypassing h11 is fine
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.head_timer is not None:
+            self.head_started = True
         super().data_received(data)
         if self.head_timer is not None and self.cycle is not self.waiting_cycle:
             self._cancel_head_timer()  # a whole request head arrived: the app's body deadline takes over
