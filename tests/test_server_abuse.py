@@ -350,3 +350,13 @@ def test_metrics_keep_a_fixed_set_of_routes(server):
     assert "swiftlite_injected_total" not in after and "/unknown/" not in after
     assert len(after) < len(before) + 500  # one "other" series at most, not one per path
     assert 'swiftlite_requests_total{endpoint="other",status="404"}' in after
+
+
+def test_a_refused_post_that_drips_its_body_is_answered_anyway(server):
+    """A cross-site text/plain POST announcing a body it never sends still gets its 415, then the connection ends."""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: text/plain"
+            "\r\nContent-Length: 500\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + b"x")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 415"), answer

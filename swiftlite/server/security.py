@@ -17,8 +17,11 @@ Why each one:
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 5.0
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
@@ -91,12 +94,19 @@ class RequestGuard:
     async def _refuse(self, scope, receive, send, status: int, code: str, message: str) -> None:
         body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                      "code": code}}).encode()
-        # Read (and drop) what the client is still sending, so it sees our answer and not a reset connection.
-        more, drained = scope["method"] != "GET", 0
-        while more and drained < 64 * 1024 * 1024:
-            received = await receive()
-            drained += len(received.get("body", b""))
-            more = received.get("more_body", False) and received["type"] == "http.request"
+        # Read (and drop) what the client is still sending, so it sees our answer and not a reset connection;
+        # bounded in bytes and time, so a refused client cannot hold the connection by dripping its body.
+        async def drain() -> None:
+            more, drained = scope["method"] != "GET", 0
+            while more and drained < DRAIN_BYTES:
+                received = await receive()
+                drained += len(received.get("body", b""))
+                more = received.get("more_body", False) and received["type"] == "http.request"
+
+        try:
+            await asyncio.wait_for(drain(), DRAIN_SECONDS)
+        except asyncio.TimeoutError:
+            pass
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
