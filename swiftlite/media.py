@@ -60,8 +60,19 @@ class MediaPolicy:
     max_aspect_ratio: float | None = None  # longer side / shorter side; the Qwen processors fail above 200
 
 
+class FetchedBytes(bytes):
+    """A URL's body, fetched ahead of decoding (the server's fetch pool); messages still name the URL."""
+
+    def __new__(cls, data: bytes, url: str):
+        fetched = super().__new__(cls, data)
+        fetched.url = url
+        return fetched
+
+
 def short(source, limit: int = 60) -> str:
     """A short printable description of a source for error messages."""
+    if isinstance(source, FetchedBytes):
+        return short(source.url, limit)
     if isinstance(source, (bytes, bytearray)):
         return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):

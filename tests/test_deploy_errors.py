@@ -69,7 +69,7 @@ CASES = [
      "--allowed_local_media_path"),
     ("unsupported scheme", "chat", user([image_part("ftp://example.com/a.png")]), 400, "messages", "scheme 'ftp'"),
     ("url not found", "chat", "MEDIA/missing.png", 400, "messages", "refused or failed"),
-    ("url not an image", "chat", "MEDIA/notes.txt", 400, "messages", "cannot decode image"),
+    ("url not an image", "chat", "MEDIA/notes.txt", 400, "messages", "cannot decode image from http://127.0.0.1:"),
     ("too many images", "chat", "TWO_IMAGES", 400, "messages", "--limit_mm_per_prompt image=1"),
     ("placeholder without image", "chat", user("<image>what is it"), 400, "messages", "placeholders"),
     ("prompt over max_model_len", "chat", user("hello world " * 40), 400, "messages", "maximum context length is 64"),

@@ -294,7 +294,7 @@ class OpenAIServer:
         second), and stops at its first failure: a request naming a thousand slow URLs holds four threads for
         one deadline, not the whole pool for a thousand.
         """
-        from swiftlite.media import read_media_bytes
+        from swiftlite.media import FetchedBytes, read_media_bytes
 
         policy = self.template.media_policy
         waiting = [(sources, index, kind) for prompt in parsed.prompts
@@ -324,7 +324,7 @@ class OpenAIServer:
                     sources, index = running.pop(future)
                     if future.exception() is not None:
                         raise from_exception(future.exception(), param=param)
-                    sources[index] = future.result()
+                    sources[index] = FetchedBytes(future.result(), sources[index])
         finally:
             for future in running:  # abandoned: a running fetch still ends at its own deadline
                 future.cancel()
