@@ -7,16 +7,32 @@ The script builds a tiny checkpoint (swiftlite.testing) in a temporary directory
 starts a real `mm deploy` process on 127.0.0.1 (with --limit_mm_per_prompt image=2), sends --warmup requests
 of the same mix, reads the server's RSS, then runs --requests requests from --clients concurrent clients and
 reads the RSS again. The mix: chat and raw completions, streaming and not, text-only and with a small image,
-short max_tokens; one in ten (--malformed) is bad in one of four ways:
+short max_tokens, and `extreme_sampling` (top_p 1e-300, which once poisoned every request in its batch); one
+in ten (--malformed) is bad, the kinds in turn:
 
     bad_image        an image_url whose data URL holds bytes that are no image          -> 400
     unknown_model    `model` names a model the server does not serve                    -> 404
     bad_json         a body that is not JSON                                            -> 400
     too_many_images  three images where the server takes two (--limit_mm_per_prompt)    -> 400
+    ssrf_loopback    an image URL on loopback, spelled 127.1 / 0x7f000001 / [::ffff:..] -> 400
+    poisoned_seed    seed 2**64                                                         -> 400
+    poisoned_penalty repetition_penalty 1e-300                                          -> 400
+    bomb             a 140 KB PNG declaring 12000x12000 pixels                          -> 400
+    thin_image       a 402x2 image (aspect ratio over 200)                              -> 400
+    deep_json        JSON nested 50,000 deep                                            -> 400
+    huge_integer     a 5,000-digit integer literal                                      -> 400
+    lone_surrogate   a lone UTF-16 surrogate in the content                             -> 400
+    role_list        a message role given as a list                                     -> 400
+    stop_flood       100,000 stop words                                                 -> 400
+    text_plain       a cross-site "simple" POST: Content-Type text/plain                -> 415
+    foreign_host     Host: evil.example (DNS rebinding)                                 -> 403
+
+Meanwhile --slow_clients connections drip their request heads a byte at a time (slowloris); the server
+(started with --request_timeout 5) must close every one of them.
 
 It prints good/bad/5xx counts, responses by status, requests/s and the RSS after warm-up and after the run, and
-exits 1 when any request got a 5xx, any good request failed, any bad one got other than its 4xx, or the RSS
-grew by more than --max_growth percent. Traffic goes to 127.0.0.1 only.
+exits 1 when any request got a 5xx, any good request failed, any bad one got other than its 4xx, a slow
+connection stayed open, or the RSS grew by more than --max_growth percent. Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -36,9 +52,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-MALFORMED_KINDS = ("bad_image", "unknown_model", "bad_json", "too_many_images")
-EXPECTED_STATUS = {"bad_image": 400, "unknown_model": 404, "bad_json": 400, "too_many_images": 400}
-GOOD_KINDS = ("chat", "chat_image", "completion")
+EXPECTED_STATUS = {
+    "bad_image": 400, "unknown_model": 404, "bad_json": 400, "too_many_images": 400, "ssrf_loopback": 400,
+    "poisoned_seed": 400, "poisoned_penalty": 400, "bomb": 400, "thin_image": 400, "deep_json": 400,
+    "huge_integer": 400, "lone_surrogate": 400, "role_list": 400, "stop_flood": 400, "text_plain": 415,
+    "foreign_host": 403,
+}
+MALFORMED_KINDS = tuple(EXPECTED_STATUS)
+GOOD_KINDS = ("chat", "chat_image", "completion", "extreme_sampling")
+SLOW_HEAD_TIMEOUT = 5  # the server's --request_timeout in the soak
 IMAGE_LIMIT = 2  # --limit_mm_per_prompt image=2: too_many_images sends three
 
 
@@ -54,6 +76,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_growth", type=float, default=10.0, help="most RSS growth in percent after warm-up")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (CPU; 1 suits a shared machine)")
+    parser.add_argument("--slow_clients", type=int, default=8, help="slowloris connections dripping their headers")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     return parser.parse_args(argv)
 
@@ -72,7 +95,8 @@ def start_server(model_dir: str, *extra: str, threads: int | None = None,
 
     port = free_port()
     command = [sys.executable, "-m", "swiftlite", "deploy", "--model", model_dir, "--host", "127.0.0.1",
-               "--port", str(port), "--limit_mm_per_prompt", f"image={IMAGE_LIMIT}", "--log_level", "warning", *extra]
+               "--port", str(port), "--limit_mm_per_prompt", f"image={IMAGE_LIMIT}", "--log_level", "warning",
+               "--request_timeout", str(SLOW_HEAD_TIMEOUT), *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -106,6 +130,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 # ---- the requests ----------------------------------------------------------------------------------------
+def bomb_png(width: int = 12000, height: int = 12000) -> bytes:
+    """A valid grey PNG declaring width x height pixels, about 140 KB for 12000x12000."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor, row = zlib.compressobj(9), b"\0" + b"\x80" * width
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def thin_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (402, 2), (255, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def image_data_url(size: int = 56, payload: bytes | None = None) -> str:
     if payload is None:
         from PIL import Image, ImageDraw
@@ -124,6 +170,7 @@ class Planned:
     path: str  # /v1/chat/completions or /v1/completions
     stream: bool
     body: bytes
+    headers: dict = field(default_factory=dict)  # besides Content-Type: application/json
 
 
 def plan_requests(count: int, malformed: float, max_tokens: int, model: str, seed: int) -> list[Planned]:
@@ -131,6 +178,9 @@ def plan_requests(count: int, malformed: float, max_tokens: int, model: str, see
     rng = random.Random(seed)
     image = image_data_url()
     not_an_image = image_data_url(payload=b"this is not an image, only text")
+    bomb, thin = image_data_url(payload=bomb_png()), image_data_url(payload=thin_png())
+    loopback = ["http://127.1:9/a.png", "http://0x7f000001:9/a.png", "http://[::ffff:127.0.0.1]:9/a.png",
+                "http://2130706433/a.png", "http://u:p@127.0.0.1:9/a.png"]
     bad = round(count * malformed)
     kinds = [MALFORMED_KINDS[i % len(MALFORMED_KINDS)] for i in range(bad)]
     kinds += [GOOD_KINDS[i % len(GOOD_KINDS)] for i in range(count - bad)]
@@ -145,19 +195,43 @@ def plan_requests(count: int, malformed: float, max_tokens: int, model: str, see
         if kind == "completion":
             path = "/v1/completions"
             body["prompt"] = f"request {index}: once upon a time"
-        elif kind in ("chat_image", "bad_image", "too_many_images"):
-            url = not_an_image if kind == "bad_image" else image
+        elif kind in ("chat_image", "bad_image", "too_many_images", "ssrf_loopback", "bomb", "thin_image"):
+            url = {"bad_image": not_an_image, "bomb": bomb, "thin_image": thin,
+                   "ssrf_loopback": loopback[index % len(loopback)]}.get(kind, image)
             copies = IMAGE_LIMIT + 1 if kind == "too_many_images" else 1
             parts += [{"type": "image_url", "image_url": {"url": url}}] * copies
             body["messages"] = [{"role": "user", "content": parts}]
         else:
             body["messages"] = [{"role": "user", "content": question}]
+        headers = {}
         if kind == "unknown_model":
             body["model"] = "no-such-model"
+        elif kind == "extreme_sampling":
+            body.update(temperature=1.0, top_p=1e-300, seed=index)
+        elif kind == "poisoned_seed":
+            body.update(temperature=1.0, seed=2**64)
+        elif kind == "poisoned_penalty":
+            body.update(temperature=1.0, repetition_penalty=1e-300)
+        elif kind == "role_list":
+            body["messages"][0]["role"] = ["user"]
+        elif kind == "stop_flood":
+            body["stop"] = [f"w{i}" for i in range(100_000)]
+        elif kind == "lone_surrogate":
+            body["messages"][0]["content"] = "LONE_SURROGATE " + question
+        elif kind == "text_plain":
+            headers["content-type"] = "text/plain"
+        elif kind == "foreign_host":
+            headers["host"] = "evil.example"
         raw = json.dumps(body).encode()
         if kind == "bad_json":
             raw = raw[: len(raw) // 2]  # cut mid-way: not JSON any more
-        planned.append(Planned(kind, path, stream, raw))
+        elif kind == "deep_json":
+            raw = raw[:-1] + b', "metadata": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        elif kind == "huge_integer":
+            raw = raw[:-1] + b', "max_completion_tokens": ' + b"7" * 5000 + b"}"
+        elif kind == "lone_surrogate":
+            raw = raw.replace(b"LONE_SURROGATE", b"\\ud800")  # json.dumps would not write one
+        planned.append(Planned(kind, path, stream, raw, headers))
     return planned
 
 
@@ -176,7 +250,7 @@ async def send(http, url: str, planned: Planned) -> Outcome:
     good = planned.kind in GOOD_KINDS
     try:
         async with http.stream("POST", url + planned.path, content=planned.body,
-                               headers={"content-type": "application/json"}) as response:
+                               headers={"content-type": "application/json", **planned.headers}) as response:
             raw = await response.aread()
             status = response.status_code
     except Exception as error:  # the server dropped us or hung: the soak's failure, reported not raised
@@ -244,6 +318,38 @@ async def run_load(url: str, planned: list[Planned], clients: int, timeout: floa
         return outcomes, time.monotonic() - started
 
 
+def slow_clients(port: int, count: int, stop):
+    """`count` connections that each send a request head one byte every half second (slowloris), in threads;
+    returns (closed, threads): closed[i] tells, once the threads end, whether the server closed connection i (it
+    must: --request_timeout)."""
+    import threading
+
+    closed = [False] * count
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" * 50
+
+    def drip(index: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(0.5)
+            for byte in head:
+                if stop.is_set():
+                    return
+                try:
+                    sock.sendall(bytes([byte]))
+                    sock.recv(4096)  # the server speaks only to close: its 408, or b"" at the end
+                    closed[index] = True
+                    return
+                except socket.timeout:
+                    continue  # nothing from the server yet: drip on
+                except OSError:  # reset or broken pipe: closed by the server
+                    closed[index] = True
+                    return
+
+    threads = [threading.Thread(target=drip, args=(index,), daemon=True) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    return closed, threads
+
+
 @dataclass
 class Report:
     requests: int
@@ -293,8 +399,15 @@ def main(argv=None) -> int:
             time.sleep(1.0)  # let the last responses' buffers go before reading the memory
             rss_warm = rss_mb(process.pid)
             planned = plan_requests(args.requests, args.malformed, args.max_tokens, model, args.seed)
+            import threading
+
+            stop = threading.Event()
+            slow_closed, slow_threads = slow_clients(int(url.rsplit(":", 1)[1]), args.slow_clients, stop)
             report = summarise(*asyncio.run(run_load(url, planned, args.clients)))
-            time.sleep(1.0)
+            time.sleep(max(1.0, SLOW_HEAD_TIMEOUT + 2 - report.seconds))  # the slow heads' deadline has passed
+            stop.set()
+            for thread in slow_threads:
+                thread.join(5)
             rss_after = rss_mb(process.pid)
         finally:
             process.terminate()
@@ -314,6 +427,7 @@ def main(argv=None) -> int:
     print("responses by kind and status: " + ", ".join(f"{key}: {n}" for key, n in report.by_status.items()))
     print(f"throughput: {report.requests_per_second:.1f} requests/s ({report.seconds:.1f} s)")
     print(f"server RSS: {rss_warm:.1f} MB after warm-up, {rss_after:.1f} MB after the run ({growth:+.1f}%)")
+    print(f"slow clients (slowloris) closed by the server: {sum(slow_closed)}/{len(slow_closed)}")
     print(f"SIGTERM: exit code {exit_code}")
     for problem in warm_report.problems + report.problems:
         print("  problem:", problem)
@@ -322,11 +436,13 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump({**report.__dict__, "requests_per_second": report.requests_per_second, "rss_warm_mb": rss_warm,
-                       "rss_after_mb": rss_after, "rss_growth_percent": growth, "exit_code": exit_code}, out, indent=2)
+                       "rss_after_mb": rss_after, "rss_growth_percent": growth, "exit_code": exit_code,
+                       "slow_clients_closed": sum(slow_closed), "slow_clients": len(slow_closed)}, out, indent=2)
 
     failed = (report.server_errors or report.no_answer or report.good_ok < report.good or report.bad_ok < report.bad
               or warm_report.server_errors or warm_report.good_ok < warm_report.good
               or warm_report.bad_ok < warm_report.bad or growth > args.max_growth or exit_code != 0
+              or not all(slow_closed)
               or "Traceback" in server_log)
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0

@@ -73,6 +73,18 @@ def deploy(
                                               "--lora_modules): --adapters lora1=out/ckpt-50 lora2=out/ckpt-80.")] = None,
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
                                       "transformers; vllm, sglang and lmdeploy are not available yet.")] = "pt",
+    allowed_media_domains: Annotated[list[str] | None, opt("allowed_media_domains", M + "fetch media URLs only from "
+                                                           "these host names, whatever address they have (loopback "
+                                                           "and private included); default: any host with a public "
+                                                           "address, never loopback or private ones.")] = None,
+    allowed_hosts: Annotated[list[str] | None, opt("allowed_hosts", S + "Host header values accepted besides the "
+                                                   "loopback names (DNS-rebinding guard; applies when --host is "
+                                                   "loopback, or to any --host when given); '*' accepts any.")] = None,
+    request_timeout: Annotated[float, opt("request_timeout", S + "seconds a client may take to send a request's "
+                                          "headers, and again its body; slower ones get HTTP 408.")] = 30.0,
+    cors_origins: Annotated[list[str] | None, opt("cors_origins", S + "browser origins allowed to call the API from "
+                                                  "other sites, e.g. https://app.example.com or '*' (default: no "
+                                                  "CORS headers).")] = None,
 ) -> None:
     from swiftlite.infer import check_infer_backend
 
@@ -88,7 +100,8 @@ def deploy(
         max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
         limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
         media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
-        web_ui=web_ui,
+        web_ui=web_ui, allowed_media_domains=allowed_media_domains, allowed_hosts=allowed_hosts,
+        cors_origins=cors_origins, host=host, request_timeout=request_timeout,
     )
     serve(app, sock, host, log_level, shutdown_timeout, ssl_keyfile, ssl_certfile, api_key)
 
@@ -99,7 +112,7 @@ def check_flags(flags: dict) -> None:
     from swiftlite.models.loading import DTYPE_ALIASES
 
     positive = ("max_batch_size", "max_queue", "max_new_tokens", "max_request_bytes", "max_media_bytes",
-                "media_fetch_timeout")
+                "media_fetch_timeout", "request_timeout")
     for name in positive:
         if flags[name] is not None and flags[name] <= 0:
             raise UserError(f"--{name} {flags[name]}: expected a positive number")
@@ -123,6 +136,14 @@ def check_flags(flags: dict) -> None:
         raise UserError(f"--dtype {flags['dtype']}: expected auto, bf16, fp16 or fp32")
     parse_lora_modules(flags["lora_modules"])
     parse_limit_mm(flags["limit_mm_per_prompt"])
+    for name in ("allowed_media_domains", "allowed_hosts"):
+        for value in flags[name] or []:
+            if not value or any(char.isspace() or char in "/@" for char in value):
+                raise UserError(f"--{name} {value!r}: expected a host name (no scheme, no path), such as "
+                                "media.example.com")
+    for value in flags["cors_origins"] or []:
+        if value != "*" and not value.startswith(("http://", "https://")):
+            raise UserError(f"--cors_origins {value!r}: expected an origin such as https://app.example.com, or '*'")
     media_dir = flags["allowed_local_media_path"]
     if media_dir is not None and not Path(media_dir).expanduser().is_dir():
         raise UserError(f"--allowed_local_media_path {media_dir}: no such directory")
@@ -180,7 +201,8 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               lora_modules=None, max_batch_size=16, batch_wait_ms=50.0, max_queue=256, shutdown_timeout=10.0,
               max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
-              max_media_bytes=20 * 1024 * 1024, web_ui=True):
+              max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
+              cors_origins=None, host="127.0.0.1", request_timeout=30.0):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
     from swiftlite.engine.worker import BatchingEngine
     from swiftlite.media import MediaPolicy
@@ -191,13 +213,18 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
 
     # 1. What requests may read: local files only under --allowed_local_media_path, URLs unless refused.
     media_dir = str(Path(allowed_local_media_path).expanduser().resolve()) if allowed_local_media_path else None
+    # URLs: public addresses only, or only the --allowed_media_domains hosts (docs/deploy.md, "Security").
     policy = MediaPolicy(allowed_local_dir=media_dir, allow_local=media_dir is not None, allow_urls=media_fetch,
-                         fetch_timeout=media_fetch_timeout, max_bytes=max_media_bytes, base_dir=media_dir)
+                         fetch_timeout=media_fetch_timeout, max_bytes=max_media_bytes, base_dir=media_dir,
+                         public_urls_only=True, max_aspect_ratio=200,
+                         allowed_media_domains=tuple(allowed_media_domains) if allowed_media_domains else None)
     adapters = parse_lora_modules(lora_modules)
 
     # 2. The model, its template and the adapters: the model's own name, then each --lora_modules name.
     loaded = load_for_inference(model_type, model, ckpt_dir, dtype, device_map, use_hf, system, max_pixels, policy,
                                 template_type)
+    # Decompression bombs: a header declaring more pixels than 4x what the model takes is refused undecoded.
+    policy.max_image_pixels = max(4 * (model_max_pixels(loaded.template) or 0), 4096 * 4096)
     name = served_model_name or loaded.resolved.model_type
     is_chat = bool(loaded.template.chat_template) and loaded.resolved.is_chat
     is_multimodal = any(kind in loaded.resolved.family.modalities for kind in ("image", "audio", "video"))
@@ -221,7 +248,10 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
                            max_model_len=max_model_len or model_max_length(loaded.tokenizer),
                            default_max_tokens=max_new_tokens)
     settings = ServerSettings(api_key=api_key, max_request_bytes=max_request_bytes, limits=limits,
-                              shutdown_timeout=shutdown_timeout, web_ui=web_ui)
+                              shutdown_timeout=shutdown_timeout, web_ui=web_ui, bind_host=host,
+                              allowed_hosts=list(allowed_hosts) if allowed_hosts else None,
+                              cors_origins=list(cors_origins) if cors_origins else None,
+                              request_timeout=request_timeout)
     generation_config = getattr(model_object, "generation_config", None)
     return create_app(engine, loaded.template, served, settings, generation_config, metrics)
 
@@ -242,6 +272,20 @@ def load_adapter(model, path: str, internal_name: str, public_name: str):
                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
     model.eval()
     return model
+
+
+def model_max_pixels(template) -> int | None:
+    """The most pixels the model's image processor keeps (Qwen's max_pixels, or a fixed height x width)."""
+    if template.max_pixels:
+        return template.max_pixels
+    processor = getattr(template, "image_processor", None)
+    value = getattr(processor, "max_pixels", None)
+    if isinstance(value, int) and value > 0:
+        return value
+    size = getattr(processor, "size", None)
+    if isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
+        return size["height"] * size["width"]
+    return None
 
 
 def model_max_length(tokenizer) -> int:
@@ -298,8 +342,12 @@ def serve(app, sock, host: str, log_level: str = "info", shutdown_timeout: float
             engine.drain(shutdown_timeout)
 
     # uvicorn's own bound comes a little later than ours: it is for flushing the aborted answers.
+    from swiftlite.server.connection import guarded_protocol
+
+    # h11 with slow request heads timed out and half-closed clients answered (swiftlite/server/connection.py).
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout + 5,
-                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
+                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
+                            http=guarded_protocol(app.state.server.settings.request_timeout))
     # uvicorn re-raises the signal that stopped it once it has shut down cleanly. With the default handlers
     # that would kill the process (exit 143 for SIGTERM) after a clean shutdown; these make it exit 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):

@@ -14,8 +14,8 @@ content parts) into one form: text with ``<image>`` / ``<audio>`` placeholders p
 ordered lists of sources.
 
 Only stdlib, PIL and numpy are imported at module level so that ``mm --help`` stays
-fast; the fetcher imports ``urllib.request`` lazily, and audio decoding and resampling live in
-:mod:`swiftlite.audio` (soundfile, soxr), imported when audio is loaded.
+fast; the fetcher (swiftlite/media_fetch.py, httpx) is imported lazily, and audio decoding and resampling live
+in :mod:`swiftlite.audio` (soundfile, soxr), imported when audio is loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import math
 import mimetypes
 import os
 import re
-import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,10 +52,27 @@ class MediaPolicy:
     fetch_timeout: float = 10.0  # seconds, connect+read
     max_bytes: int = 20 * 1024 * 1024  # cap on a fetched/decoded media payload
     base_dir: str | None = None  # relative local paths resolve against this (dataset file's dir)
+    # The server's guards (swiftlite/media_fetch.py): only public addresses, one message for every failed fetch.
+    public_urls_only: bool = False
+    allowed_media_domains: tuple[str, ...] | None = None  # --allowed_media_domains: only these hosts, any address
+    # Decompression bombs: refuse an image whose header declares more pixels than this, before decoding it.
+    max_image_pixels: int | None = None
+    max_aspect_ratio: float | None = None  # longer side / shorter side; the Qwen processors fail above 200
+
+
+class FetchedBytes(bytes):
+    """A URL's body, fetched ahead of decoding (the server's fetch pool); messages still name the URL."""
+
+    def __new__(cls, data: bytes, url: str):
+        fetched = super().__new__(cls, data)
+        fetched.url = url
+        return fetched
 
 
 def short(source, limit: int = 60) -> str:
     """A short printable description of a source for error messages."""
+    if isinstance(source, FetchedBytes):
+        return short(source.url, limit)
     if isinstance(source, (bytes, bytearray)):
         return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):
@@ -128,26 +145,35 @@ def _read_local_file(path: str, source, policy: MediaPolicy, kind: str) -> bytes
             f"local {kind} files are refused: {short(source)}; start the server with "
             f"--allowed_local_media_path DIR to allow reading files under DIR"
         )
+    if "\0" in path:
+        raise MediaError(f"local {kind} path {short(source)} holds a NUL character")
     path = os.path.expanduser(path)
     if not os.path.isabs(path) and policy.base_dir is not None:
         path = os.path.join(policy.base_dir, path)
-    # realpath resolves symlinks and "..", so neither can be used to escape the allowed directory.
     real = os.path.realpath(path)
-    if policy.allowed_local_dir is not None:
-        root = os.path.realpath(policy.allowed_local_dir)
-        if os.path.commonpath([real, root]) != root:
-            # Deliberately checked before existence, so outside paths give no "exists?" oracle.
-            raise MediaError(
-                f"local {kind} path {short(source)} is outside the directory allowed by --allowed_local_media_path"
-            )
+    if not _inside_allowed_dir(real, policy):
+        # Deliberately checked before existence, so outside paths give no "exists?" oracle.
+        raise MediaError(
+            f"local {kind} path {short(source)} is outside the directory allowed by --allowed_local_media_path"
+        )
     if not os.path.isfile(real):
-        raise MediaError(f"{kind} file not found: {short(path)}")
+        # The path as the user wrote it: joined with base_dir it would show the server's own directory.
+        shown = short(path) if policy.allowed_local_dir is None else short(source)
+        raise MediaError(f"{kind} file not found: {shown}")
     # No max_bytes cap here: local files are the operator's own data (e.g. long training audio).
     try:
         with open(real, "rb") as f:
             return f.read()
     except OSError as e:
         raise MediaError(f"cannot read {kind} file {short(path)}: {e.strerror or e}") from None
+
+
+def _inside_allowed_dir(real_path: str, policy: MediaPolicy) -> bool:
+    # realpath (by the caller) resolves symlinks and "..", so neither can be used to escape the allowed directory.
+    if policy.allowed_local_dir is None:
+        return True
+    root = os.path.realpath(policy.allowed_local_dir)
+    return os.path.commonpath([real_path, root]) == root
 
 
 def _file_url_to_path(url: str) -> str:
@@ -166,50 +192,18 @@ def _file_url_to_path(url: str) -> str:
 def _fetch_url(url: str, policy: MediaPolicy, kind: str) -> bytes:
     if not policy.allow_urls:
         raise MediaError(f"fetching {kind} URLs is disabled on this server (--media_fetch false): {short(url)}")
-    # Imported here so importing swiftlite (and `mm --help`) does not pay for the HTTP stack.
-    import http.client
-    import urllib.error
-    import urllib.request
+    from swiftlite.media_fetch import FetchRefused, fetch, refused_message
 
-    def failed(reason) -> MediaError:
-        return MediaError(f"cannot fetch {kind} URL {short(url)}: {reason}")
-
-    timeout = policy.fetch_timeout
-    # urlopen's timeout applies to each socket operation; the deadline also bounds a slow drip.
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"User-Agent": "swiftlite-media/1"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > policy.max_bytes:
-                raise _too_big(kind, url, policy.max_bytes)
-            data = bytearray()
-            while True:
-                chunk = response.read(64 * 1024)
-                if not chunk:
-                    break
-                data += chunk
-                # Stop as soon as we are over the cap; never buffer an unbounded body.
-                if len(data) > policy.max_bytes:
-                    raise _too_big(kind, url, policy.max_bytes)
-                if time.monotonic() > deadline:
-                    raise failed(f"timed out after {timeout:g}s")
-            return bytes(data)
-    except urllib.error.HTTPError as e:
-        e.close()  # an HTTPError holds the open response; don't leave the socket to the GC
-        raise failed(f"HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):  # socket.timeout is TimeoutError on 3.10+
-            raise failed(f"timed out after {timeout:g}s") from None
-        reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
-        raise failed(reason) from None
-    except TimeoutError:
-        raise failed(f"timed out after {timeout:g}s") from None
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        # MediaError is a ValueError: re-raise ours untouched (size and deadline errors above).
-        if isinstance(e, MediaError):
-            raise
-        raise failed(f"{type(e).__name__}: {e}") from None
+        return fetch(url, policy, kind)
+    except FetchRefused as reason:
+        if policy.public_urls_only or policy.allowed_media_domains is not None:
+            # A server: the reason goes to its log only, so the answer tells an open port from nothing.
+            from swiftlite.media_fetch import logger
+
+            logger.info("refused or failed fetch of %s: %s", short(url, 200), reason)
+            raise MediaError(refused_message(short(url), kind, policy)) from None
+        raise MediaError(f"cannot fetch {kind} URL {short(url)}: {reason}") from None
 
 
 def read_media_bytes(source: str, policy: MediaPolicy, kind: str = "image") -> bytes:
@@ -252,7 +246,9 @@ def read_media_bytes(source: str, policy: MediaPolicy, kind: str = "image") -> b
         path = os.path.expanduser(text)
         if not os.path.isabs(path) and policy.base_dir is not None:
             path = os.path.join(policy.base_dir, path)
-        if not os.path.isfile(path):
+        # Outside the allowed directory the filesystem is not asked at all: whether such a file exists must not
+        # change the answer (base64 error or "outside" error would tell).
+        if "\0" in path or not _inside_allowed_dir(os.path.realpath(path), policy) or not os.path.isfile(path):
             return _decode_base64(text, text, policy, kind)
 
     return _read_local_file(text, text, policy, kind)
@@ -276,7 +272,20 @@ def load_image(source, policy: MediaPolicy | None = None) -> Image.Image:
             source = data_or_path
         data = read_media_bytes(source, policy, "image")
         try:
-            image = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():
+                if policy.max_image_pixels:  # our own cap is checked next, before any decoding: PIL need not warn
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))  # reads the header only
+        except Exception as e:
+            raise MediaError(f"cannot decode image from {short(source)}: {e}") from None
+        check_image_size(image.size, source, policy)
+        try:
+            if policy.max_image_pixels and image.format == "JPEG":
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale for the asking: no need to build the full bitmap.
+                width, height = image.size
+                scale = math.sqrt(policy.max_image_pixels / 4 / (width * height))
+                if scale < 1:
+                    image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
             image.load()  # decode now, so a truncated file fails here and not deep inside a processor
         except Exception as e:
             # Decoders for untrusted bytes raise all sorts of things (OSError, SyntaxError,
@@ -289,6 +298,20 @@ def load_image(source, policy: MediaPolicy | None = None) -> Image.Image:
     except Exception as e:
         raise MediaError(f"cannot decode image from {short(source)}: {e}") from None
     return image
+
+
+def check_image_size(size: tuple[int, int], source, policy: MediaPolicy) -> None:
+    """Refuse, from the header alone, an image too large to decode safely or too thin for any processor."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise MediaError(f"image from {short(source)} is {width}x{height} pixels: it has no pixels")
+    if policy.max_image_pixels and width * height > policy.max_image_pixels:
+        raise MediaError(f"image from {short(source)} is {width}x{height} pixels, more than the "
+                         f"{policy.max_image_pixels} this server decodes: send a smaller image")
+    ratio = max(width, height) / min(width, height)
+    if policy.max_aspect_ratio and ratio > policy.max_aspect_ratio:
+        raise MediaError(f"image from {short(source)} is {width}x{height} pixels: its aspect ratio {ratio:.0f} is "
+                         f"over {policy.max_aspect_ratio:g}, which the model's image processor cannot take")
 
 
 def limit_image_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:

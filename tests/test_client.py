@@ -23,14 +23,16 @@ from test_deploy_support import make_base_only, running_server, static_http_serv
 @pytest.fixture(scope="module")
 def server(qwen2_vl_dir):
     # No --allowed_local_media_path: local files only work because the client inlines them.
-    with running_server(model=str(qwen2_vl_dir), max_new_tokens=6) as running:
+    # The image host is on loopback: allowed by name, as --allowed_media_domains does.
+    with running_server(model=str(qwen2_vl_dir), max_new_tokens=6, allowed_media_domains=["127.0.0.1"]) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def base_server(qwen2_vl_dir, tmp_path_factory):
     base_dir = make_base_only(qwen2_vl_dir, tmp_path_factory.mktemp("client-base") / "qwen2-vl")
-    with running_server(model=str(base_dir), served_model_name="qwen2-vl-base", max_new_tokens=6) as running:
+    with running_server(model=str(base_dir), served_model_name="qwen2-vl-base", max_new_tokens=6,
+                        allowed_media_domains=["127.0.0.1"]) as running:
         yield running
 
 

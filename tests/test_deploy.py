@@ -31,8 +31,10 @@ def server(qwen2_vl_dir, image_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("loras")
     lora_a = make_lora(qwen2_vl_dir, root / "a", seed=1)
     lora_b = make_lora(qwen2_vl_dir, root / "b", seed=2)
+    # The image host of these tests is on loopback: allowed by name, as --allowed_media_domains does.
     with running_server(model=str(qwen2_vl_dir), lora_modules=[f"lora-a={lora_a}", f"lora-b={lora_b}"],
-                        allowed_local_media_path=str(image_dir), max_batch_size=8) as running:
+                        allowed_local_media_path=str(image_dir), max_batch_size=8,
+                        allowed_media_domains=["127.0.0.1"]) as running:
         yield running
 
 
@@ -228,7 +230,8 @@ def test_grps_relative_file_url_resolves_inside_the_allowed_directory(server, sh
 @pytest.fixture(scope="module")
 def base_server(qwen2_vl_dir, tmp_path_factory):
     base_dir = make_base_only(qwen2_vl_dir, tmp_path_factory.mktemp("base") / "qwen2-vl-base")
-    with running_server(model=str(base_dir), served_model_name="qwen2-vl-base") as running:
+    with running_server(model=str(base_dir), served_model_name="qwen2-vl-base",
+                        allowed_media_domains=["127.0.0.1"]) as running:
         yield running
 
 
@@ -276,7 +279,8 @@ def audio_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio")
     (root / "sound.wav").write_bytes(wav_bytes())
     model_dir = build_tiny_checkpoint("qwen2-audio", root / "qwen2-audio")
-    with running_server(model=str(model_dir), limit_mm_per_prompt="audio=2") as running, \
+    with running_server(model=str(model_dir), limit_mm_per_prompt="audio=2",
+                        allowed_media_domains=["127.0.0.1"]) as running, \
             static_http_server(root) as host:
         running.media_host = host
         yield running

@@ -18,7 +18,7 @@ from test_deploy_support import make_lora, metric, running_server
 def batch_histogram(server) -> tuple[float, float]:
     """(batches of exactly one row, all batches) from GET /metrics."""
     text = httpx.get(server.url + "/metrics").text
-    single = next(line for line in text.splitlines() if line.startswith('swiftlite_batch_size_bucket{le="1"}'))
+    single = next(line for line in text.splitlines() if line.startswith('swiftlite_batch_size_bucket{le="1.0"}'))
     count = next(line for line in text.splitlines() if line.startswith("swiftlite_batch_size_count"))
     return float(single.split()[-1]), float(count.split()[-1])
 

@@ -18,14 +18,16 @@ pytestmark = pytest.mark.slow  # each example is a fresh Python process importin
 
 @pytest.fixture(scope="module")
 def chat_server(qwen2_vl_dir):
-    with running_server(model=str(qwen2_vl_dir), max_new_tokens=4) as running:
+    # The examples' image host is on loopback: allowed by name, as --allowed_media_domains does.
+    with running_server(model=str(qwen2_vl_dir), max_new_tokens=4, allowed_media_domains=["127.0.0.1"]) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def base_server(qwen2_vl_dir, tmp_path_factory):
     base_dir = make_base_only(qwen2_vl_dir, tmp_path_factory.mktemp("examples-base") / "qwen2-vl")
-    with running_server(model=str(base_dir), served_model_name="qwen2-vl-base", max_new_tokens=4) as running:
+    with running_server(model=str(base_dir), served_model_name="qwen2-vl-base", max_new_tokens=4,
+                        allowed_media_domains=["127.0.0.1"]) as running:
         yield running
 
 
@@ -77,7 +79,8 @@ def test_openai_example_on_an_audio_model(audio, tmp_path_factory):
         root.mkdir(exist_ok=True)
         (root / "sound.wav").write_bytes(wav_bytes())
         build_tiny_checkpoint("qwen2-audio", root / "qwen2-audio")
-    with running_server(model=str(root / "qwen2-audio"), max_new_tokens=4) as server, \
+    with running_server(model=str(root / "qwen2-audio"), max_new_tokens=4,
+                        allowed_media_domains=["127.0.0.1"]) as server, \
             static_http_server(root) as host:
         sound = f"{host}/sound.wav" if audio == "url" else str(root / "sound.wav")
         output = run_example([sys.executable, str(EXAMPLES / "client_openai.py")], server, "", "", MM_AUDIO=sound)

@@ -1,6 +1,7 @@
-"""`mm deploy` stays healthy under abuse: a mixed load with malformed requests (all good ones answered, all bad
-ones their 4xx, no 5xx, no memory growth), clients that vanish mid-answer (the server goes idle at once and
-serves the next request), and SIGTERM (no new connections, in-flight requests finish, exit 0).
+"""`mm deploy` stays healthy under abuse: a mixed load with malformed and hostile requests (all good ones answered,
+all bad ones their 4xx, no 5xx, no memory growth; the kinds are scripts/soak_serve.py's), clients that vanish
+mid-answer (the server goes idle at once and serves the next request), and SIGTERM (no new connections, in-flight
+requests finish, exit 0).
 
 One real `mm deploy` process serves the whole module (starting one costs ~20 s of imports on this machine);
 the SIGTERM test stops it and therefore comes last of those that use it. The load is scripts/soak_serve.py's.
@@ -89,8 +90,8 @@ def test_mixed_load_with_malformed_requests(deployed):
     assert report.requests == 300 and report.bad == 30
     assert report.good_ok == report.good == 270, report.problems  # 200, complete, with generated text
     assert report.bad_ok == report.bad, report.problems  # each its own 4xx in OpenAI's error shape
-    for kind, status in soak.EXPECTED_STATUS.items():  # 30 bad requests: 7 or 8 of each kind
-        assert report.by_status[f"{kind} {status}"] >= 7, report.by_status
+    for kind, status in soak.EXPECTED_STATUS.items():  # 30 bad requests: the kinds in turn, one or two of each
+        assert report.by_status[f"{kind} {status}"] >= 30 // len(soak.EXPECTED_STATUS), report.by_status
     assert report.server_errors == 0 and report.no_answer == 0
     assert rss_after < rss_warm * 1.10, (rss_warm, rss_after)
     assert httpx.get(url + "/health").json() == {"status": "ok"}

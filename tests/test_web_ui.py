@@ -112,7 +112,9 @@ def test_root_serves_the_page_and_web_ui_false_turns_it_off(server):
     assert card["modalities"] == ["text", "image"]
     # The same served model with web_ui off: / is the API's 404 (no lifespan: the engine is not started twice).
     served = server.app.state.server
-    off = create_app(served.engine, served.template, served.models, ServerSettings(api_key=KEY, web_ui=False))
+    # TestClient sends `Host: testserver`, which a loopback server answers only when told (--allowed_hosts).
+    off = create_app(served.engine, served.template, served.models,
+                     ServerSettings(api_key=KEY, web_ui=False, allowed_hosts=["testserver"]))
     response = TestClient(off).get("/")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 

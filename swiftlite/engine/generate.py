@@ -11,6 +11,11 @@ greedy decoding, another temperature 0.7 with its own seed, another stops at "Ob
   token ids and stop strings, enforces each row's max_new_tokens, honours cancellation (a client that
   went away), and reports text deltas as they appear.
 - `RowStopper` (a stopping criterion) tells `generate` which rows are finished; it ends when all are.
+
+With `isolate_rows` (the server's engine), a failure in one row's own work (its generator's seed, a sampling
+distribution that came out inf/NaN, its decoding) ends that row with finish_reason "error" and the reason in
+`RowResult.error`; the other rows of the batch go on. Only a failure of the model's forward pass, which all rows
+share, fails the whole batch. Without it (mm infer, the Python API), such a failure raises once the batch ends.
 """
 
 from __future__ import annotations
@@ -65,22 +70,31 @@ class SamplingParams:
 class RowResult:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str | None = None  # "stop", "length" or "cancelled"
+    finish_reason: str | None = None  # "stop", "length", "cancelled", or "error" (with isolate_rows)
     prompt_tokens: int = 0
     logprobs: list[dict] = field(default_factory=list)  # per token: {"token_id", "logprob", "top": [(id, lp)]}
+    error: str | None = None  # why the row failed (finish_reason "error"); the batch's other rows are unaffected
+
+
+class RowFailed(Exception):
+    """One row's sampling produced no valid distribution."""
 
 
 class RowSampler:
-    def __init__(self, params: list[SamplingParams], device):
+    def __init__(self, params: list[SamplingParams], device, tracker: "RowTracker"):
         import torch
 
         self.params = params
+        self.tracker = tracker  # where a failed row is marked finished
         self.generators = []
-        for p in params:
+        for row, p in enumerate(params):
             generator = None
             if p.sampling:
-                generator = torch.Generator(device=device)
-                generator.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+                try:
+                    generator = torch.Generator(device=device)
+                    generator.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+                except (RuntimeError, OverflowError, ValueError) as error:  # e.g. a seed outside 64 bits
+                    tracker.fail(row, f"seed {p.seed}: {error}")
             self.generators.append(generator)
         self.step_logprobs: list[list[dict]] = [[] for _ in params]
 
@@ -89,39 +103,59 @@ class RowSampler:
 
         scores = scores.float()
         chosen_scores = torch.full_like(scores, float("-inf"))
-        for row, p in enumerate(self.params):
-            logits = scores[row]
-            if p.repetition_penalty and p.repetition_penalty != 1.0:
-                seen = torch.unique(input_ids[row])
-                values = logits[seen]
-                logits = logits.clone()
-                logits[seen] = torch.where(values < 0, values * p.repetition_penalty, values / p.repetition_penalty)
-            # Log-probabilities report the model's own distribution (after the repetition penalty), not the
-            # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings.
-            model_logits = logits
-            if p.sampling:
-                logits = logits / max(p.temperature, 1e-5)
-                if p.top_k and p.top_k > 0:
-                    kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                if p.top_p is not None and p.top_p < 1.0:
-                    sorted_logits, order = torch.sort(logits, descending=True)
-                    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-                    drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep at least one
-                    logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-                token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generators[row]).item())
+        for row in range(len(self.params)):
+            if self.tracker.results[row].finish_reason is not None:
+                token = self.tracker.pad_token_id  # finished rows only wait for the others: any token will do
             else:
-                token = int(torch.argmax(logits).item())
-            if p.logprobs:
-                log_probs = torch.log_softmax(model_logits, dim=-1)
-                top = torch.topk(log_probs, max(p.top_logprobs, 0)) if p.top_logprobs else None
-                self.step_logprobs[row].append({
-                    "token_id": token,
-                    "logprob": float(log_probs[token]),
-                    "top": list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [],
-                })
+                try:
+                    token = self._sample(row, input_ids, scores)
+                except Exception as error:  # this row's settings or numbers: it ends, the batch goes on
+                    self.tracker.fail(row, f"{type(error).__name__}: {error}")
+                    token = self.tracker.pad_token_id
             chosen_scores[row, token] = 0.0
         return chosen_scores
+
+    def _sample(self, row: int, input_ids, scores) -> int:
+        import torch
+
+        p = self.params[row]
+        logits = scores[row]
+        if p.repetition_penalty and p.repetition_penalty != 1.0:
+            seen = torch.unique(input_ids[row])
+            values = logits[seen]
+            logits = logits.clone()
+            logits[seen] = torch.where(values < 0, values * p.repetition_penalty, values / p.repetition_penalty)
+        # Log-probabilities report the model's own distribution (after the repetition penalty), not the
+        # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings.
+        model_logits = logits
+        if p.sampling:
+            logits = logits / max(p.temperature, 1e-5)
+            if p.top_k and p.top_k > 0:
+                kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if p.top_p is not None and p.top_p < 1.0:
+                sorted_logits, order = torch.sort(logits, descending=True)
+                cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+                drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p
+                drop[0] = False  # keep the likeliest token even when top_p (1e-300) rounds to 0 in float32
+                logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+            probabilities = torch.softmax(logits, dim=-1)
+            if not bool(torch.isfinite(probabilities).all()) or float(probabilities.sum()) <= 0:
+                raise RowFailed("the sampling settings gave no valid probabilities (inf or NaN)")
+            token = int(torch.multinomial(probabilities, 1, generator=self.generators[row]).item())
+        else:
+            if not bool(torch.isfinite(logits).any()):
+                raise RowFailed("the logits are all inf or NaN")
+            token = int(torch.argmax(logits).item())
+        if p.logprobs:
+            log_probs = torch.log_softmax(model_logits, dim=-1)
+            top = torch.topk(log_probs, max(p.top_logprobs, 0)) if p.top_logprobs else None
+            self.step_logprobs[row].append({
+                "token_id": token,
+                "logprob": float(log_probs[token]),
+                "top": list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [],
+            })
+        return token
 
 
 class RowTracker:
@@ -136,6 +170,14 @@ class RowTracker:
         self.cancelled = cancelled
         self.seen_prompt = False
         self.emitted = [0] * len(params)  # characters of each row's text already reported
+        self.pad_token_id = 0
+
+    def fail(self, row: int, reason: str) -> None:
+        """End one row as failed; its text so far is kept, nothing more is generated or reported for it."""
+        result = self.results[row]
+        if result.finish_reason is None:
+            result.finish_reason = "error"
+            result.error = reason
 
     def put(self, value) -> None:
         if not self.seen_prompt:  # generate() first hands over the prompt
@@ -145,7 +187,13 @@ class RowTracker:
         if not isinstance(tokens, list):
             tokens = [tokens]
         for row, token in enumerate(tokens):
-            self._step(row, int(token))
+            try:
+                self._step(row, int(token))
+            except Exception as error:  # decoding or stop matching of this row only
+                if self.results[row].finish_reason is None:
+                    self.fail(row, f"{type(error).__name__}: {error}")
+                else:
+                    raise
 
     def _step(self, row: int, token: int) -> None:
         result, params = self.results[row], self.params[row]
@@ -195,7 +243,8 @@ class RowTracker:
         for row, result in enumerate(self.results):
             if result.finish_reason is None:
                 result.finish_reason = "length"
-            self._emit(row, final=True)
+            if result.finish_reason != "error":
+                self._emit(row, final=True)
 
     def finished(self) -> list[bool]:
         return [r.finish_reason is not None for r in self.results]
@@ -275,8 +324,10 @@ def request_settings_only(model):
 def generate(model, template, rows: list[dict], params: list[SamplingParams],
              on_delta: Callable[[int, str], None] | None = None,
              cancelled: Callable[[int], bool] | None = None,
-             adapter_names: list[str] | None = None) -> list[RowResult]:
-    """Generate for encoded rows (template.encode outputs) with per-row settings; returns one result per row."""
+             adapter_names: list[str] | None = None, isolate_rows: bool = False) -> list[RowResult]:
+    """Generate for encoded rows (template.encode outputs) with per-row settings; returns one result per row.
+
+    isolate_rows: a row whose own sampling fails ends with finish_reason "error" instead of raising."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -288,7 +339,8 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
     batch = move_batch(batch, model)
     prompt_lengths = [len(row["input_ids"]) for row in rows]
     tracker = RowTracker(template.tokenizer, params, prompt_lengths, on_delta, cancelled)
-    sampler = RowSampler(params, batch["input_ids"].device)
+    tracker.pad_token_id = template.pad_token_id if template.pad_token_id is not None else 0
+    sampler = RowSampler(params, batch["input_ids"].device, tracker)
     config = GenerationConfig(
         max_new_tokens=max(p.max_new_tokens for p in params), do_sample=False, num_beams=1,
         pad_token_id=template.pad_token_id, eos_token_id=None, bos_token_id=None,
@@ -300,6 +352,9 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
             stopping_criteria=StoppingCriteriaList([RowStopper(tracker)]), streamer=tracker, **extra,
         )
     tracker.end()
+    failed = [result.error for result in tracker.results if result.finish_reason == "error"]
+    if failed and not isolate_rows:
+        raise RuntimeError(f"generation failed: {failed[0]}")
     for row, result in enumerate(tracker.results):
         if params[row].logprobs:
             result.logprobs = sampler.step_logprobs[row][: len(result.token_ids)]

@@ -275,8 +275,8 @@ class BatchingEngine:
             self.metrics.batch_started(len(rows), len(self.waiting))
         try:
             results = generate(self.model, self.template, rows, params, on_delta=on_delta, cancelled=cancelled,
-                               adapter_names=adapters if self.uses_adapters else None)
-        except Exception as error:  # a failure of the model: every request of the batch gets a 500
+                               adapter_names=adapters if self.uses_adapters else None, isolate_rows=True)
+        except Exception as error:  # a failure of the model's shared forward pass: every request gets a 500
             logger.exception("generation failed for a batch of %d rows", len(rows))
             for stream in batch:
                 stream.put(EngineFailed(f"generation failed: {type(error).__name__}: {error}"))
@@ -287,9 +287,22 @@ class BatchingEngine:
         if self.metrics is not None:  # counted here so that cancelled rows' work shows too
             self.metrics.tokens(sum(len(row["input_ids"]) for row in rows),
                                 sum(len(result.token_ids) for result in results))
+        # A row that failed on its own fails its request only; the batch's other requests get their answers.
+        failures: dict[int, str] = {}  # id(stream) -> the reason of its first failed row
+        for row, result in enumerate(results):
+            if result.finish_reason == "error":
+                failures.setdefault(id(owners[row][0]), result.error or "unknown error")
+                logger.warning("one row of a batch failed, the others went on: %s", result.error)
+                if self.metrics is not None:
+                    self.metrics.row_failed()
+        reported = set()
         for row, result in enumerate(results):
             stream, choice = owners[row]
-            stream.put(ChoiceFinished(choice, result))
+            if id(stream) not in failures:
+                stream.put(ChoiceFinished(choice, result))
+            elif id(stream) not in reported:
+                reported.add(id(stream))
+                stream.put(EngineFailed(f"generation failed for this request: {failures[id(stream)]}"))
 
     def _report_queue(self) -> None:
         if self.metrics is not None:

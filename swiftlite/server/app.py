@@ -1,8 +1,9 @@
 """The HTTP server: OpenAI-compatible routes on starlette, in front of the batching engine.
 
-A generation request goes: authorise -> read the body (capped) -> parse and check fields (event loop) ->
-load media and encode (thread pool) -> submit to the engine (429 when its queue is full) -> answer as one JSON
-or as server-sent events. Everything that can be the client's fault is found before the response starts, so
+A request first passes the guard (server/security.py: Host, Content-Type, CORS, frame headers). A generation
+request then goes: authorise -> read the body (capped, within --request_timeout) -> parse and check fields
+(event loop) -> fetch its media URLs (fetch pool, swiftlite/media_fetch.py) -> load media and encode (encode
+pool) -> submit to the engine (429 when its queue is full) -> answer as one JSON or as server-sent events. Everything that can be the client's fault is found before the response starts, so
 it gets a 4xx; a failure after a stream has started is sent as an error event and the stream is closed.
 
 Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions, POST /v1/completions, GET /health,
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +24,8 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -37,10 +39,17 @@ from swiftlite.engine.worker import (
     QueueFull,
     TokenDelta,
 )
-from swiftlite.server.errors import APIError, bad_request
+from swiftlite.server.errors import APIError, bad_request, from_exception
 from swiftlite.server.metrics import Metrics
-from swiftlite.server.protocol import RequestLimits, encode_request, parse_chat_request, parse_completion_request
+from swiftlite.server.protocol import (
+    RequestLimits,
+    encode_request,
+    parse_chat_request,
+    parse_completion_request,
+    parse_json_body,
+)
 from swiftlite.server.responses import ResponseBuilder, sse
+from swiftlite.server.security import RequestGuard
 
 logger = logging.getLogger("swiftlite.server")
 
@@ -67,6 +76,12 @@ class ServerSettings:
     encode_workers: int = 4  # threads that load images and encode prompts
     shutdown_timeout: float = 10.0  # seconds the engine's running batch may take to finish on shutdown
     web_ui: bool = False  # serve the chat page (swiftlite/server/static) at /
+    fetch_workers: int = 8  # threads that fetch media URLs: separate from encode_workers, so slow URLs only
+    # delay the requests that name them, never text-only ones
+    request_timeout: float = 30.0  # seconds a client may take to send a request head, and again its body
+    bind_host: str = "127.0.0.1"  # loopback: only loopback Host names are answered (DNS rebinding)
+    allowed_hosts: list[str] | None = None  # --allowed_hosts
+    cors_origins: list[str] | None = None  # --cors_origins
 
 
 class OpenAIServer:
@@ -79,11 +94,13 @@ class OpenAIServer:
         self.generation_config = generation_config
         self.metrics = metrics or engine.metrics or Metrics()
         self.encode_pool: ThreadPoolExecutor | None = None
+        self.fetch_pool: ThreadPoolExecutor | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         self.encode_pool = ThreadPoolExecutor(self.settings.encode_workers, thread_name_prefix="swiftlite-encode")
+        self.fetch_pool = ThreadPoolExecutor(self.settings.fetch_workers, thread_name_prefix="swiftlite-fetch")
         if self.engine.thread is None:
             self.engine.start()
         try:
@@ -92,6 +109,7 @@ class OpenAIServer:
             # uvicorn gets here after in-flight requests finished or were cancelled (--shutdown_timeout).
             await asyncio.to_thread(self.engine.shutdown, self.settings.shutdown_timeout)
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
+            self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- small routes -------------------------------------------------------------------------------
     async def list_models(self, request: Request) -> Response:
@@ -141,6 +159,7 @@ class OpenAIServer:
             if endpoint == "chat" and not self.template.chat_template:
                 raise bad_request(f"model {served.name!r} has no chat template (it is a base model): send a raw "
                                   "prompt to POST /v1/completions instead", param="messages", code="no_chat_template")
+            await self._fetch_media(parsed)
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(self.encode_pool, encode_request, parsed, self.template,
                                                  self.settings.limits, self.generation_config)
@@ -244,20 +263,72 @@ class OpenAIServer:
                                   "images by URL or smaller", code="request_too_large")
         declared = request.headers.get("content-length", "")
         body, size = bytearray(), 0
-        # Read the whole body even when it is too large (without keeping it): a client still sending when we
-        # answer and close would see a broken pipe instead of our 413.
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                body += chunk
-            elif size > 16 * limit:
-                break
+
+        async def read() -> None:
+            nonlocal size
+            # Read the whole body even when it is too large (without keeping it): a client still sending when
+            # we answer and close would see a broken pipe instead of our 413.
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= limit:
+                    body.extend(chunk)
+                elif size > 16 * limit:
+                    break
+
+        try:
+            # One deadline for the whole body: a client dripping a byte at a time must not hold a slot forever.
+            await asyncio.wait_for(read(), self.settings.request_timeout)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {self.settings.request_timeout:g} seconds",
+                           code="request_timeout") from None
         if size > limit or (declared.isdigit() and int(declared) > limit):
             raise too_large
+        return parse_json_body(bytes(body))
+
+    async def _fetch_media(self, parsed) -> None:
+        """Fetch the request's http(s) media in the fetch pool, replacing each URL by its bytes.
+
+        Encoding then never waits on the network, so URLs that drip hold fetch threads only, and text-only
+        requests still find every encode thread free. Each fetch has the policy's total deadline and size cap.
+        One request runs at most half the pool's fetches at once, all of them within that deadline (plus a
+        second), and stops at its first failure: a request naming a thousand slow URLs holds four threads for
+        one deadline, not the whole pool for a thousand.
+        """
+        from swiftlite.media import FetchedBytes, read_media_bytes
+
+        policy = self.template.media_policy
+        waiting = [(sources, index, kind) for prompt in parsed.prompts
+                   for kind, sources in (("image", prompt.images), ("audio", prompt.audios))
+                   for index, source in enumerate(sources)
+                   if isinstance(source, str) and source.strip()[:8].lower().startswith(("http://", "https://"))]
+        if not waiting:
+            return
+        loop = asyncio.get_running_loop()
+        param = "messages" if parsed.endpoint == "chat" else "prompt"
+        window = max(1, self.settings.fetch_workers // 2)
+        deadline = loop.time() + policy.fetch_timeout + 1
+        running: dict = {}  # future -> (sources, index)
         try:
-            return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise bad_request(f"the request body is not valid JSON: {error}", code="invalid_json") from None
+            while waiting or running:
+                while waiting and len(running) < window:
+                    sources, index, kind = waiting.pop(0)
+                    future = loop.run_in_executor(self.fetch_pool, read_media_bytes, sources[index], policy, kind)
+                    running[future] = (sources, index)
+                done, _ = await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise bad_request(f"the request's media URLs were not all fetched within "
+                                      f"{policy.fetch_timeout:g}s (--media_fetch_timeout)", param=param,
+                                      code="invalid_media")
+                for future in done:
+                    sources, index = running.pop(future)
+                    if future.exception() is not None:
+                        raise from_exception(future.exception(), param=param)
+                    sources[index] = FetchedBytes(future.result(), sources[index])
+        finally:
+            for future in running:  # abandoned: a running fetch still ends at its own deadline
+                future.cancel()
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits for it
 
     def _served_model(self, name: str | None) -> ServedModel:
         if name is None:
@@ -266,7 +337,8 @@ class OpenAIServer:
             if served.name == name:
                 return served
         names = ", ".join(repr(m.name) for m in self.models)
-        raise APIError(404, f"model {name!r} is not served here; this server serves {names} (GET /v1/models)",
+        shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")  # a 1 MB name is not echoed whole
+        raise APIError(404, f"model {shown} is not served here; this server serves {names} (GET /v1/models)",
                        param="model", code="model_not_found")
 
     # ---- responses ----------------------------------------------------------------------------------
@@ -281,7 +353,8 @@ class OpenAIServer:
 
     async def http_error(self, request: Request, exc: HTTPException) -> Response:
         """Starlette's own 404/405 (unknown path, wrong method) in the OpenAI error shape."""
-        message = f"{request.method} {request.url.path}: {exc.detail}"
+        path = request.url.path if len(request.url.path) <= 80 else request.url.path[:77] + "..."
+        message = f"{request.method} {path}: {exc.detail}"
         return self._error(request, APIError(exc.status_code, message, code="not_found" if exc.status_code == 404
                                              else "method_not_allowed"))
 
@@ -306,6 +379,14 @@ def create_app(engine, template, models: list[ServedModel], settings: ServerSett
         static_dir = Path(__file__).parent / "static"
         routes.append(Route("/", lambda request: FileResponse(static_dir / "index.html"), methods=["GET"]))
         routes.append(Mount("/static", StaticFiles(directory=static_dir), name="static"))
-    app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers={HTTPException: server.http_error})
+    # Host (DNS rebinding) and Content-Type (CSRF) checks, CORS only with --cors_origins, frame/nosniff headers.
+    middleware = [Middleware(RequestGuard, bind_host=settings.bind_host, allowed_hosts=settings.allowed_hosts,
+                             on_refused=server.metrics.request_done)]
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                                     max_age=600))
+    app = Starlette(routes=routes, lifespan=server.lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: server.http_error})
     app.state.server = server
     return app

@@ -19,6 +19,11 @@ class BackgroundServer:
         self.socket.bind((host, port))
         self.host, self.port = self.socket.getsockname()[:2]
         uvicorn_options.setdefault("log_level", "warning")
+        server = getattr(getattr(app, "state", None), "server", None)
+        if server is not None:  # what `mm deploy` runs: slow request heads timed out, half-closed clients answered
+            from swiftlite.server.connection import guarded_protocol
+
+            uvicorn_options.setdefault("http", guarded_protocol(server.settings.request_timeout))
         self.server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
                                        name="swiftlite-uvicorn", daemon=True)

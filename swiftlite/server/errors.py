@@ -7,8 +7,11 @@ with back-off, so a bad image reported as a 500 would be sent three more times b
 |--------|-----------------------|---------------------------------------------------------------|
 | 400    | invalid_request_error | bad JSON or field, bad or refused media, too long a prompt    |
 | 401    | authentication_error  | missing or wrong `Authorization: Bearer` key (--api_key)      |
+| 403    | invalid_request_error | a Host header this server does not answer to (--allowed_hosts) |
 | 404    | invalid_request_error | unknown model name, unknown path                              |
+| 408    | invalid_request_error | the body did not arrive in time                               |
 | 413    | invalid_request_error | body over --max_request_bytes                                 |
+| 415    | invalid_request_error | a POST whose Content-Type is not application/json             |
 | 429    | rate_limit_error      | more requests waiting than --max_queue                        |
 | 500    | server_error          | a bug or a failure of the model itself                        |
 """
@@ -18,9 +21,12 @@ from __future__ import annotations
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",

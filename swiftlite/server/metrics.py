@@ -1,124 +1,95 @@
-"""Server metrics in the Prometheus text format (GET /metrics), written by hand: no client library needed.
+"""Server metrics in the Prometheus text format (GET /metrics), kept by `prometheus_client`.
 
-Counters and histograms are updated from the event loop (requests) and from the engine's worker thread
-(batches), so every update takes one lock. Names follow Prometheus conventions (`_total`, `_seconds`).
+The `endpoint` label takes only the names in ROUTES (anything else is "other"), so a client cannot grow
+/metrics with one series per invented path, nor inject lines through a path holding quotes or newlines;
+prometheus_client escapes label values besides. Each server has its own registry (several servers in one
+test process must not share counters). Counters and histograms are updated from the event loop (requests) and
+from the engine's worker thread (batches); prometheus_client's updates are thread-safe.
 """
 
 from __future__ import annotations
 
-import threading
-
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics", "/", "/static")
+STATUSES = {200, 400, 401, 403, 404, 405, 408, 413, 415, 429, 499, 500, 503}
 
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[index] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str) -> list[str]:
-        lines = [f'{name}_bucket{{le="{_number(bound)}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {_number(self.total)}")
-        lines.append(f"{name}_count {self.count}")
-        return lines
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def route_label(path: str) -> str:
+    """One of a fixed set of names for a request path (the label value of `endpoint`)."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    if path.startswith("/static/"):
+        return "/static"
+    return "other"
 
 
 class Metrics:
     def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}  # (endpoint, status) -> count
-        self.prompt_tokens = 0
-        self.generation_tokens = 0
-        self.cancelled = 0
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.time_to_first_token = Histogram(LATENCY_BUCKETS)
-        self.batch_size = Histogram(BATCH_BUCKETS)
-        self.waiting = 0  # requests queued for the engine
-        self.running = 0  # rows in the batch being generated
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        try:  # the *_created series only double the output; they are not part of what we report
+            from prometheus_client import disable_created_metrics
+
+            disable_created_metrics()
+        except ImportError:  # pragma: no cover - older prometheus_client
+            pass
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("swiftlite_requests", "HTTP requests answered, by endpoint and status code.",
+                                ["endpoint", "status"], registry=r)
+        self.cancelled = Counter("swiftlite_requests_cancelled", "Generations stopped because the client went away.",
+                                 registry=r)
+        self.prompt_tokens = Counter("swiftlite_prompt_tokens", "Prompt tokens run through the model (image tokens "
+                                     "in; x n).", registry=r)
+        self.generation_tokens = Counter("swiftlite_generation_tokens", "Tokens generated (rows later cancelled "
+                                         "included).", registry=r)
+        self.row_failures = Counter("swiftlite_row_failures", "Rows whose generation failed on their own (the "
+                                    "other rows of their batch went on).", registry=r)
+        self.latency = Histogram("swiftlite_request_latency_seconds", "Time from request arrival to its last byte.",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.time_to_first_token = Histogram("swiftlite_time_to_first_token_seconds", "Time from request arrival to "
+                                             "its first generated text.", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("swiftlite_batch_size", "Rows (prompts x n) per generation batch.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.waiting = Gauge("swiftlite_queue_length", "Requests waiting for a place in a batch.", registry=r)
+        self.running = Gauge("swiftlite_running_rows", "Rows in the batch being generated now.", registry=r)
 
     # ---- updates ----------------------------------------------------------------------------------
-    def request_done(self, endpoint: str, status: int, latency: float | None = None) -> None:
-        with self.lock:
-            key = (endpoint, int(status))
-            self.requests[key] = self.requests.get(key, 0) + 1
-            if latency is not None:
-                self.latency.observe(latency)
+    def request_done(self, path: str, status: int, latency: float | None = None) -> None:
+        status = int(status)
+        self.requests.labels(route_label(path), str(status) if status in STATUSES else "other").inc()
+        if latency is not None:
+            self.latency.observe(latency)
 
     def tokens(self, prompt: int, generated: int) -> None:
-        with self.lock:
-            self.prompt_tokens += prompt
-            self.generation_tokens += generated
+        self.prompt_tokens.inc(prompt)
+        self.generation_tokens.inc(generated)
 
     def first_token(self, seconds: float) -> None:
-        with self.lock:
-            self.time_to_first_token.observe(seconds)
+        self.time_to_first_token.observe(seconds)
 
     def request_cancelled(self) -> None:
-        with self.lock:
-            self.cancelled += 1
+        self.cancelled.inc()
+
+    def row_failed(self) -> None:
+        self.row_failures.inc()
 
     def batch_started(self, rows: int, waiting: int) -> None:
-        with self.lock:
-            self.batch_size.observe(rows)
-            self.running = rows
-            self.waiting = waiting
+        self.batch_size.observe(rows)
+        self.running.set(rows)
+        self.waiting.set(waiting)
 
     def batch_finished(self) -> None:
-        with self.lock:
-            self.running = 0
+        self.running.set(0)
 
     def queue_length(self, waiting: int) -> None:
-        with self.lock:
-            self.waiting = waiting
+        self.waiting.set(waiting)
 
     # ---- exposition -------------------------------------------------------------------------------
     def render(self) -> str:
-        with self.lock:
-            lines = [
-                "# HELP swiftlite_requests_total HTTP requests answered, by endpoint and status code.",
-                "# TYPE swiftlite_requests_total counter",
-            ]
-            for (endpoint, status), count in sorted(self.requests.items()):
-                lines.append(f'swiftlite_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
-            lines += [
-                "# HELP swiftlite_requests_cancelled_total Generations stopped because the client went away.",
-                "# TYPE swiftlite_requests_cancelled_total counter",
-                f"swiftlite_requests_cancelled_total {self.cancelled}",
-                "# HELP swiftlite_prompt_tokens_total Prompt tokens run through the model (image tokens in; x n).",
-                "# TYPE swiftlite_prompt_tokens_total counter",
-                f"swiftlite_prompt_tokens_total {self.prompt_tokens}",
-                "# HELP swiftlite_generation_tokens_total Tokens generated (rows later cancelled included).",
-                "# TYPE swiftlite_generation_tokens_total counter",
-                f"swiftlite_generation_tokens_total {self.generation_tokens}",
-                "# HELP swiftlite_request_latency_seconds Time from request arrival to its last byte.",
-                "# TYPE swiftlite_request_latency_seconds histogram",
-                *self.latency.lines("swiftlite_request_latency_seconds"),
-                "# HELP swiftlite_time_to_first_token_seconds Time from request arrival to its first generated text.",
-                "# TYPE swiftlite_time_to_first_token_seconds histogram",
-                *self.time_to_first_token.lines("swiftlite_time_to_first_token_seconds"),
-                "# HELP swiftlite_batch_size Rows (prompts x n) per generation batch.",
-                "# TYPE swiftlite_batch_size histogram",
-                *self.batch_size.lines("swiftlite_batch_size"),
-                "# HELP swiftlite_queue_length Requests waiting for a place in a batch.",
-                "# TYPE swiftlite_queue_length gauge",
-                f"swiftlite_queue_length {self.waiting}",
-                "# HELP swiftlite_running_rows Rows in the batch being generated now.",
-                "# TYPE swiftlite_running_rows gauge",
-                f"swiftlite_running_rows {self.running}",
-            ]
-        return "\n".join(lines) + "\n"
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode("utf-8")

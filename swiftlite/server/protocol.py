@@ -47,6 +47,14 @@ NEUTRAL_VALUES = {
     "suffix": ("", "suffix (insertion) is not supported"),
 }
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# OpenAI's ranges. Values outside them are refused at the door: one row with an absurd value (repetition_penalty
+# 1e-300 divides logits into inf, seed 2**64 overflows torch's generator) must not reach a batch shared with others.
+MAX_TEMPERATURE = 2.0
+REPETITION_PENALTY_RANGE = (0.01, 10.0)
+SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as OpenAI and vLLM take it
+MAX_STOP_WORDS = 4  # OpenAI's "up to 4 sequences"
+MAX_STOP_LENGTH = 256  # characters per stop word: every generated token is matched against each
+MAX_JSON_DEPTH = 64  # no OpenAI request nests deeper than about 6
 
 
 @dataclass
@@ -87,6 +95,59 @@ class RequestLimits:
     default_max_tokens: int = 2048
 
 
+# ---- the body as a whole --------------------------------------------------------------------------------
+def parse_json_body(raw: bytes):
+    """The body as JSON, refusing with a 400 what would break later: deep nesting, huge integers, lone surrogates."""
+    import json
+
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise bad_request(f"the request body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                          code="invalid_json") from None
+    except ValueError as error:  # Python's 4300-digit cap on integer literals
+        raise bad_request(f"the request body is not acceptable JSON: {str(error)[:120]}", code="invalid_json") from None
+    check_json_values(body)
+    return body
+
+
+def check_json_values(body) -> None:
+    """Walk the parsed body (without recursion): bounded depth, and every string valid Unicode.
+
+    JSON's \\ud800 escapes decode to lone UTF-16 surrogates, which no tokenizer or encoder takes; they are
+    refused here with the field's path instead of failing in the model's thread.
+    """
+    stack = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                              param=path.lstrip(".") or None, code="invalid_json")
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                raise bad_request(f"{path.lstrip('.') or 'the body'} holds a lone UTF-16 surrogate (an unpaired "
+                                  "\\ud800-\\udfff escape): send valid Unicode", param=path.lstrip(".") or None,
+                                  code="invalid_unicode")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _has_surrogate(key):
+                    raise bad_request("a field name holds a lone UTF-16 surrogate", param=path.lstrip(".") or None,
+                                      code="invalid_unicode")
+                stack.append((item, f"{path}.{key}", depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 # ---- field checks -----------------------------------------------------------------------------------------
 def _check_fields(body, allowed: set[str], endpoint: str) -> None:
     if not isinstance(body, dict):
@@ -101,7 +162,8 @@ def _check_fields(body, allowed: set[str], endpoint: str) -> None:
             continue
         if name == "best_of" and endpoint == "completion":
             continue  # checked against n below
-        raise bad_request(f"unknown field '{name}' for {endpoint} requests", param=name, code="unknown_field")
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise bad_request(f"unknown field '{shown}' for {endpoint} requests", param=shown, code="unknown_field")
 
 
 def _show(value) -> str:
@@ -167,6 +229,10 @@ def _stop_words(body: dict) -> list[str] | None:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(word, str) and word for word in stop):
         raise bad_request("'stop' must be a non-empty string or a list of non-empty strings", param="stop")
+    if len(stop) > MAX_STOP_WORDS:
+        raise bad_request(f"'stop' has {len(stop)} entries: at most {MAX_STOP_WORDS} are allowed", param="stop")
+    if any(len(word) > MAX_STOP_LENGTH for word in stop):
+        raise bad_request(f"'stop' words may be at most {MAX_STOP_LENGTH} characters long", param="stop")
     return stop
 
 
@@ -175,7 +241,7 @@ def _common(body: dict, limits: RequestLimits) -> dict:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", param="model")
-    temperature = _number(body, "temperature", minimum=0)
+    temperature = _number(body, "temperature", minimum=0, maximum=MAX_TEMPERATURE)
     top_k = _integer(body, "top_k", minimum=-1)
     n = _integer(body, "n", minimum=1) or 1
     if n > limits.max_batch_size:
@@ -198,8 +264,9 @@ def _common(body: dict, limits: RequestLimits) -> dict:
         "do_sample": None if temperature is None else temperature > 0,
         "top_p": _number(body, "top_p", maximum=1, above=0),
         "top_k": 0 if top_k == -1 else top_k,  # vLLM's -1 and our 0 both mean "no top-k"
-        "repetition_penalty": _number(body, "repetition_penalty", above=0),
-        "seed": _integer(body, "seed"),
+        "repetition_penalty": _number(body, "repetition_penalty", minimum=REPETITION_PENALTY_RANGE[0],
+                                      maximum=REPETITION_PENALTY_RANGE[1]),
+        "seed": _integer(body, "seed", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
         "stop": _stop_words(body),
     }
     return {"model": model, "n": n, "stream": stream, "include_usage": include_usage, "sampling": sampling,
@@ -236,8 +303,8 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
         if not isinstance(message, dict):
             raise bad_request(f"{param} must be an object with 'role' and 'content'", param=param)
         role = message.get("role")
-        if role not in ROLES:
-            raise bad_request(f"{param}.role {role!r} is not supported (use system, user or assistant)",
+        if not isinstance(role, str) or role not in ROLES:
+            raise bad_request(f"{param}.role {_show(role)} is not supported (use system, user or assistant)",
                               param=f"{param}.role")
         if message.get("tool_calls"):
             raise bad_request(f"{param}.tool_calls: tool calling is not supported", param=f"{param}.tool_calls")

@@ -8,6 +8,7 @@ logprobs); a usage chunk with `choices: []` comes last when `stream_options.incl
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 
@@ -23,11 +24,14 @@ LOGPROB_FLOOR = -9999.0
 
 
 def _logprob(value: float) -> float:
-    return max(float(value), LOGPROB_FLOOR)
+    value = float(value)
+    return value if math.isfinite(value) and value > LOGPROB_FLOOR else LOGPROB_FLOOR  # NaN too: JSON has no NaN
 
 
 def sse(payload: dict | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan=False: a NaN would be written as the bare word NaN, which no JSON parser reads.
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
+                                                               allow_nan=False)
     return f"data: {data}\n\n"
 
 

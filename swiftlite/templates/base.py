@@ -428,8 +428,8 @@ class Template:
 
     # ---- media -------------------------------------------------------------------------------------
     def load_images(self, images: list) -> list:
-        loaded = [load_image(source, self.media_policy) for source in images]
-        return [limit_image_pixels(image, self.max_pixels) for image in loaded]
+        # Downscaled one by one, so that only one full-size bitmap is alive at a time.
+        return [limit_image_pixels(load_image(source, self.media_policy), self.max_pixels) for source in images]
 
     def process_images(self, images: list) -> dict:
         # image_processor_call may do the official preprocessing itself (InternVL2's model-card tiling).

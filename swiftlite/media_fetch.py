@@ -1,0 +1,185 @@
+"""Fetching media URLs (http/https) with the guards a server facing the network needs.
+
+A request that names an image URL makes the server open a connection on its behalf. Without guards that is a
+server-side request forgery: `http://127.0.0.1:6379/`, `http://169.254.169.254/` (cloud metadata) or any host
+of the operator's private network, in any of the spellings the C resolver accepts (`127.1`, `0x7f000001`,
+`2130706433`, `0177.0.0.1`, `[::ffff:127.0.0.1]`), directly or through a redirect. So, with
+``policy.public_urls_only`` (what `mm deploy` sets):
+
+- the URL is parsed strictly (http/https only, no user:password@, a valid port, a well-formed IPv6 literal);
+- the host is resolved once and every address it resolves to must be public (not loopback, private,
+  link-local, multicast, reserved or unspecified; IPv4-mapped IPv6 is judged as its IPv4 address);
+- the connection goes to that vetted address (the Host header and TLS SNI keep the name), so a DNS answer that
+  changes between the check and the connect (DNS rebinding) cannot win;
+- redirects are followed by hand, at most MAX_REDIRECTS, and every hop is vetted the same way;
+- the whole fetch has one deadline (``policy.fetch_timeout``), not a per-read timeout a drip can renew, and the
+  body is capped at ``policy.max_bytes``;
+- proxies from the environment are not used (trust_env=False): the vetted address is the one connected to;
+- every refused or failed fetch gets the same message, so error texts cannot serve as a port scanner; the real
+  reason goes to the server log.
+
+``policy.allowed_media_domains`` (vLLM's `--allowed-media-domains`) switches to an allow list: only URLs whose
+host name is listed are fetched, and those may be any address, loopback included (a local media server).
+
+Without ``public_urls_only`` (training and `mm infer`: the data is the user's own) any host is fetched and the
+message says what went wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+logger = logging.getLogger("swiftlite.media")
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+
+class FetchRefused(Exception):
+    """Why one fetch failed or was refused; the caller turns it into a MediaError."""
+
+
+@dataclass
+class Target:
+    url: str  # what was asked for (this hop)
+    scheme: str
+    host: str  # the host name as written (lower case, IPv6 without brackets)
+    port: int
+    addresses: list[str]  # the vetted IP addresses to connect to, in the resolver's order
+    path: str  # path and query
+
+
+def parse_url(url: str) -> urllib.parse.SplitResult:
+    """Strict parsing: refuse what different parsers read differently (userinfo, backslashes, control bytes)."""
+    if any(ord(char) < 33 or ord(char) == 127 for char in url) or "\\" in url:
+        raise FetchRefused("control characters, spaces or backslashes in the URL")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FetchRefused("the URL is not valid Unicode (lone surrogate)") from None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as error:
+        raise FetchRefused(f"malformed URL ({error})") from None
+    if parts.scheme not in ("http", "https"):
+        raise FetchRefused(f"scheme {parts.scheme!r} (only http and https)")
+    if "@" in parts.netloc:
+        # `http://u:p@127.0.0.1/` is read as host `u:p@127.0.0.1` by some resolvers and as 127.0.0.1 by others.
+        raise FetchRefused("user:password@ in the URL")
+    if not parts.hostname:
+        raise FetchRefused("no host in the URL")
+    return parts
+
+
+def address_is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        for embedded in (address.ipv4_mapped, address.sixtofour):
+            if embedded is not None:
+                return address_is_public(embedded)
+        if address.teredo is not None:
+            return False
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_loopback
+                                      or address.is_link_local or address.is_private or address.is_unspecified)
+
+
+def vet(url: str, policy) -> Target:
+    """Parse `url`, resolve its host and check every address against the policy; the address to connect to."""
+    parts = parse_url(url)
+    host = parts.hostname.lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    allowed = policy.allowed_media_domains
+    if allowed is not None and host not in {name.lower().strip("[]") for name in allowed}:
+        raise FetchRefused(f"host {host!r} is not in --allowed_media_domains")
+    try:
+        host.encode("idna")
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (UnicodeError, OSError) as error:
+        raise FetchRefused(f"cannot resolve {host!r} ({error})") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses:
+        raise FetchRefused(f"{host!r} resolves to no address")
+    if policy.public_urls_only and allowed is None:
+        # Every answer must be public: a name that resolves to one public and one private address is refused.
+        private = [str(address) for address in addresses if not address_is_public(address)]
+        if private:
+            raise FetchRefused(f"{host!r} resolves to a non-public address {private[0]}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(url, parts.scheme, host, port, [str(address) for address in dict.fromkeys(addresses)], path)
+
+
+def fetch(url: str, policy, kind: str = "image") -> bytes:
+    """The body of `url` under `policy`; raises FetchRefused with the reason."""
+    import httpx
+
+    deadline = time.monotonic() + policy.fetch_timeout
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        target = vet(current, policy)
+        default_port = 443 if target.scheme == "https" else 80
+        name = f"[{target.host}]" if ":" in target.host else target.host
+        host_header = name if target.port == default_port else f"{name}:{target.port}"
+        for index, address in enumerate(target.addresses):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchRefused(f"timed out after {policy.fetch_timeout:g}s")
+            ip = f"[{address}]" if ":" in address else address
+            request_url = f"{target.scheme}://{ip}:{target.port}{target.path}"
+            # Connect to the vetted address; the name goes into Host and, for TLS, into SNI and the certificate
+            # check.
+            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            try:
+                with httpx.Client(timeout=httpx.Timeout(remaining), follow_redirects=False, trust_env=False) as client:
+                    request = client.build_request("GET", request_url, headers={
+                        "Host": host_header, "User-Agent": "swiftlite-media/1", "Accept-Encoding": "identity"},
+                        extensions=extensions)
+                    response = client.send(request, stream=True)
+                    try:
+                        if response.status_code in REDIRECT_STATUSES and response.headers.get("location"):
+                            current = urllib.parse.urljoin(current, response.headers["location"])
+                            break  # vet the next hop
+                        if response.status_code != 200:
+                            raise FetchRefused(f"HTTP {response.status_code} {response.reason_phrase}")
+                        return _read_body(response, policy, deadline)
+                    finally:
+                        response.close()
+            except httpx.TimeoutException:
+                raise FetchRefused(f"timed out after {policy.fetch_timeout:g}s") from None
+            except httpx.ConnectError as error:
+                if index + 1 < len(target.addresses):
+                    continue  # e.g. localhost: ::1 first, while the server listens on 127.0.0.1 only
+                reason = str(error) or type(error).__name__
+                if "refused" in reason.lower() or "errno 111" in reason.lower():
+                    reason = "connection refused"
+                raise FetchRefused(reason) from None
+            except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
+                raise FetchRefused(f"{type(error).__name__}: {error}") from None
+    raise FetchRefused(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _read_body(response, policy, deadline: float) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > policy.max_bytes:
+        raise FetchRefused(f"larger than the {policy.max_bytes} byte limit")
+    data = bytearray()
+    for chunk in response.iter_raw():  # no chunk_size: httpx would gather chunks up to it, ignoring the deadline
+        data += chunk
+        if len(data) > policy.max_bytes:  # stop at the cap: never buffer an unbounded body
+            raise FetchRefused(f"larger than the {policy.max_bytes} byte limit")
+        if time.monotonic() > deadline:  # one deadline for the whole body: a drip cannot renew it
+            raise FetchRefused(f"timed out after {policy.fetch_timeout:g}s")
+    return bytes(data)
+
+
+def refused_message(url_text: str, kind: str, policy) -> str:
+    """The one text for every refused or failed fetch of a guarded server (no port-scan or existence oracle)."""
+    return (f"cannot fetch {kind} URL {url_text}: refused or failed (this server fetches only public http(s) "
+            f"addresses, or hosts in --allowed_media_domains, answering 200 within {policy.fetch_timeout:g}s "
+            f"with at most {policy.max_bytes} bytes)")
