@@ -11,6 +11,7 @@ import sys
 import typer
 
 from swiftlite import deploy, export, infer, listing, sft
+from swiftlite.errors import Terminated, raise_terminated
 
 app = typer.Typer(
     name="mm",
@@ -34,11 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     prog = "mm"
+    _unwind_on_sigterm(argv[:1])
     try:
         if argv and argv[0] in getattr(command, "commands", {}):
             prog = f"mm {argv[0]}"
             argv = [argv[0]] + normalise_argv(argv[1:], command.commands[argv[0]])
-        command.main(argv, prog_name="mm", standalone_mode=False)
+        # Not standalone, click hands back what `typer.Exit(code)` carried (the torchrun relaunch's failure,
+        # for one) as this return value: it is the exit code, so that `mm sft ... && mm export ...` stops.
+        code = command.main(argv, prog_name="mm", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as error:
         print(error.ctx.get_help())
         return 0
@@ -48,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click_core.Exit as error:
         return error.exit_code
-    except click_core.Abort:
-        print(f"{prog}: aborted", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
+    except (click_core.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C (KeyboardInterrupt, and an EOFError) into Abort. 130 = 128 + SIGINT, as shells do.
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 143  # 128 + SIGTERM
     except Exception as error:
         from swiftlite.errors import user_error_types
 
@@ -61,7 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 1
         raise
-    return 0
+    if code == 130:  # typer's form of Ctrl-C (KeyboardInterrupt becomes Exit(130)), or a relaunch interrupted
+        print(f"{prog}: interrupted", file=sys.stderr)
+    return code if isinstance(code, int) else 0
+
+
+def _unwind_on_sigterm(command: list[str]) -> None:
+    """SIGTERM's default action ends the process on the spot: no `finally`, no atexit, so dataloader workers
+    were left running and temp files behind. Turn it into an exception instead (not for `mm deploy`, whose
+    server handles SIGTERM itself with a graceful shutdown)."""
+    import signal
+    import threading
+
+    if command != ["deploy"] and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def entry() -> None:

@@ -19,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+from swiftlite.errors import UserError
 from swiftlite.training.dataset import STATS_KEY
 from swiftlite.training.launch import STAGING_DIR
 
@@ -102,6 +103,61 @@ class SftTrainer(Trainer):
                 self.dropped_rows.update(dict(stats["dropped"]))
         return batches, num_items
 
+    # ---- a run that diverges stops, and never saves non-finite weights ---------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer leaves NaN/inf losses out of its logged average (logging_nan_inf_filter), so a diverged run
+        logged normal-looking losses and saved NaN weights. Stop at the first non-finite loss instead (the Trainer
+        already reads the loss's finiteness every step for that filter, so this adds no device sync)."""
+        import torch
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise UserError(f"step {self.state.global_step + 1}: the training loss is {float(loss.detach().float())}: "
+                            f"the run diverged and was stopped; {self._saved_so_far()}. Try a lower "
+                            "--learning_rate or --max_grad_norm")
+        return loss
+
+    def _check_weights_finite(self) -> None:
+        import torch
+
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
+                raise UserError(f"step {self.state.global_step}: the trained weight {name} holds NaN or inf: the run "
+                                f"diverged and was stopped without saving it; {self._saved_so_far()}. Try a lower "
+                                "--learning_rate or --max_grad_norm")
+
+    def _saved_so_far(self) -> str:
+        from swiftlite.training.launch import complete_checkpoints
+
+        saved = complete_checkpoints(Path(self.args.output_dir)) if Path(self.args.output_dir).is_dir() else []
+        return f"the last checkpoint saved is {saved[-1]}" if saved else "no checkpoint was saved"
+
+    # ---- a damaged checkpoint to resume from is one line naming the file -------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        try:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
+            raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint}: the weights do not load "
+                            f"({_first_line(error)})") from None
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None:
+            from swiftlite.training.resume_checks import check_torch_file
+
+            check_torch_file(Path(checkpoint) / "scheduler.pt")  # tiny: read first, so a failure below is the optimizer's
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, TypeError) as error:
+            raise UserError(f"{Path(checkpoint) / 'optimizer.pt'}: does not load into this run's optimizer "
+                            f"({_first_line(error)}); damaged, or saved by another run") from None
+
+    def _load_rng_state(self, checkpoint):
+        if checkpoint is not None:
+            from swiftlite.training.resume_checks import check_rng_state
+
+            check_rng_state(Path(checkpoint), self.args.world_size, self.args.process_index)
+        return super()._load_rng_state(checkpoint)
+
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs.pop(STATS_KEY, None)  # evaluation batches come here with their bookkeeping still attached
         return super().compute_loss(model, inputs, *args, **kwargs)
@@ -120,6 +176,7 @@ class SftTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+        self._check_weights_finite()
         run_dir = Path(self._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staged, final = run_dir / STAGING_DIR / name, run_dir / name
@@ -201,6 +258,11 @@ def trim_logs(path: Path, step: int) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("".join(kept), encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def write_jsonl(path: Path, record: dict) -> None:
