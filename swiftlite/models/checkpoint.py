@@ -88,8 +88,10 @@ def load_adapter(model, ckpt_dir: Path, adapter_name: str = "default"):
         return PeftModel.from_pretrained(model, str(ckpt_dir), adapter_name=adapter_name)
     except (ValueError, RuntimeError, KeyError, TypeError, OSError) as error:
         text = str(error).strip().splitlines()
-        detail = next((line.strip() for line in text if "size mismatch" in line), text[0] if text else "")
-        raise UserError(f"{Path(ckpt_dir) / 'adapter_config.json'}: the adapter does not fit its base model "
+        mismatch = next((line.strip() for line in text if "size mismatch" in line), None)
+        file_name = "adapter_model.safetensors" if mismatch else "adapter_config.json"
+        detail = mismatch or (text[0] if text else "")
+        raise UserError(f"{Path(ckpt_dir) / file_name}: the adapter does not fit its base model "
                         f"({type(error).__name__}: {detail[:300]})") from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -112,6 +113,12 @@ def check_adapter(ckpt_dir: Path, expected_rank: int | None = None) -> dict:
         if ".lora_A" in key and not config.get("rank_pattern") and values.ndim == 2 and values.shape[0] != rank:
             raise UserError(f"{config_path}: r={rank}, but {key} in {weights_path.name} has rank {values.shape[0]}: "
                             "the config and the weights do not belong together")
+    if isinstance(targets, list):  # peft's rule for a list: a module's full name, or its last dotted parts
+        for key in weights:
+            module = re.sub(r"^base_model\.model\.", "", key.split(".lora_")[0])
+            if ".lora_" in key and not any(module == name or module.endswith("." + name) for name in targets):
+                raise UserError(f"{config_path}: target_modules names no module the adapter's weights adapt (such as "
+                                f"{module}); the adapter does not fit its base model")
     if expected_rank is not None and expected_rank != rank and not config.get("rank_pattern"):
         raise UserError(f"--lora_rank {expected_rank}: the checkpoint {ckpt_dir} was trained with r={rank} "
                         f"({config_path}); pass --lora_rank {rank} to resume it")

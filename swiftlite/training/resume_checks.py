@@ -71,9 +71,11 @@ def check_torch_file(path: Path):
         return None
     check_torch_archive(path)
     import torch
+    from transformers.trainer_pt_utils import safe_globals
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with safe_globals():  # the numpy random state the Trainer saves, allowed as the Trainer allows it
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # whatever the unpickler meets in a damaged file
         raise UserError(f"{path}: does not load ({type(error).__name__}); the file is damaged") from None
 

@@ -137,8 +137,12 @@ class SftTrainer(Trainer):
         try:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         except (OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
-            raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint}: the weights do not load "
-                            f"({_first_line(error)})") from None
+            lines = str(error).strip().splitlines()
+            mismatch = next((line.strip() for line in lines if "size mismatch" in line), None)
+            weights = "adapter_model.safetensors" if not self.full_checkpoint else "model.safetensors"
+            where = Path(resume_from_checkpoint) / weights if mismatch else f"--resume_from_checkpoint {resume_from_checkpoint}"
+            raise UserError(f"{where}: the weights do not load into this run's model "
+                            f"({mismatch[:300] if mismatch else _first_line(error)})") from None
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is not None:
