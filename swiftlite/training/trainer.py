@@ -84,6 +84,21 @@ class SftTrainer(Trainer):
         base.generator = torch.Generator().manual_seed(self.args.seed)
         return dataloader
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        """The Trainer's evaluation loader, whose iterator draws its base seed from a generator of its own.
+
+        Starting to iterate a DataLoader draws a seed from torch's global generator, the one dropout draws from.
+        With persistent workers the evaluation iterator starts once, at the first evaluation: step 10 of a run
+        evaluating every 10 steps, but step 30 of the same run resumed from checkpoint-20, so the resumed run's
+        dropout differed from step 31 on. A fresh generator per evaluation leaves the global one alone.
+        """
+        import torch
+
+        dataloader = super().get_eval_dataloader(eval_dataset)
+        base = getattr(dataloader, "base_dataloader", dataloader)
+        base.generator = torch.Generator().manual_seed(self.args.seed)
+        return dataloader
+
     # ---- measuring data preparation ---------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         started = time.perf_counter()
