@@ -200,3 +200,46 @@ def test_non_finite_weights_are_never_saved(capsys, tmp_path, llava_dir, rows):
     assert "no checkpoint was saved" in last
     (run_dir,) = (tmp_path / "llava1_5").iterdir()
     assert not list(run_dir.glob("checkpoint-*")) and not list(run_dir.glob(".staging/*"))
+
+
+# ---- rows that cannot be decoded: file:row, not a traceback -----------------------------------------------------
+def test_bytes_that_are_not_utf8_are_a_file_row_error(capsys, tmp_path, llava_dir, rows):
+    good = rows.read_bytes().splitlines(keepends=True)
+    jsonl = rows.with_name("latin1.jsonl")  # beside the images its rows name
+    jsonl.write_bytes(good[0] + good[1].replace(b"what colour", b"what col\xffour") + good[2])
+    code, err = mm_sft(capsys, *flags(llava_dir, jsonl, tmp_path, "--max_steps", 1))
+    assert (code, err.strip().splitlines()) == (1, [
+        f"mm sft: error: {jsonl}:2: not UTF-8 text (byte 0xff at column 59); save the file as UTF-8 "
+        "(pass --strict false to skip bad rows)"])
+    code, err = mm_sft(capsys, *flags(llava_dir, jsonl, tmp_path, "--max_steps", 1, "--strict", "false"))
+    assert code == 0 and "1 bad rows skipped" in err, err
+
+    # .csv and .json files are decoded whole: the line and column of the first bad byte.
+    for name, data, where in (("latin1.csv", b"query,response\nhi,hello\nh\xe9llo,there\n", "3: not UTF-8 text "
+                               "(byte 0xe9 at column 2)"),
+                              ("latin1.json", b'[{"query": "hi", "response": "hello"},\n {"query": "\xe9"}]',
+                               "2: not UTF-8 text (byte 0xe9 at column 13)")):
+        path = tmp_path / "files" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        code, err = mm_sft(capsys, *flags(llava_dir, path, tmp_path / "files", "--max_steps", 1))
+        assert (code, err.strip().splitlines()) == (1, [f"mm sft: error: {path}:{where}; save the file as UTF-8"])
+    assert not (tmp_path / "files" / "llava1_5").exists()  # refused before anything was loaded
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_the_processor_rejects_is_a_file_row_error(capsys, tmp_path, qwen2_vl_dir, rows, workers):
+    """A 400x1 image: Qwen2-VL's processor refuses aspect ratios over 200 with a ValueError, raised while the row
+    is encoded, in a dataloader worker when there is one."""
+    from PIL import Image
+
+    Image.new("RGB", (400, 1), (220, 30, 30)).save(rows.with_name("thin.png"))
+    dataset = rows.with_name("thin.jsonl")
+    dataset.write_text(rows.read_text().splitlines(keepends=True)[0] + json.dumps(
+        {"messages": [{"role": "user", "content": "<image>what colour is it"},
+                      {"role": "assistant", "content": "red"}], "images": ["thin.png"]}) + "\n")
+    code, err = mm_sft(capsys, *flags(qwen2_vl_dir, dataset, tmp_path, "--max_steps", 1,
+                                      "--dataloader_num_workers", workers))
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"mm sft: error: {dataset}:2: absolute aspect ratio must be smaller than "
+                                            "200, got 400.0 (pass --strict false to skip bad rows)"), err
