@@ -6,6 +6,7 @@ Errors in what the user typed (a flag, a path, a dataset row) print one line and
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -60,10 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
         return 143  # 128 + SIGTERM
     except Exception as error:
-        from swiftlite.errors import user_error_types
+        from swiftlite.errors import disk_full, user_error_types
 
         if isinstance(error, user_error_types()):
             print(f"{prog}: error: {error}", file=sys.stderr)
+            return 1
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):  # a write of its own
+            import os
+
+            where = os.path.dirname(os.path.abspath(error.filename)) if error.filename else os.getcwd()
+            print(f"{prog}: error: {disk_full(error, where, 'the command stopped')}", file=sys.stderr)
             return 1
         raise
     if code == 130:  # typer's form of Ctrl-C (KeyboardInterrupt becomes Exit(130)), or a relaunch interrupted

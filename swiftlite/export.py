@@ -33,7 +33,7 @@ from typing import Annotated
 
 import typer
 
-from swiftlite.errors import UserError
+from swiftlite.errors import UserError, disk_full
 from swiftlite.lora_merge import DirectPlan, copy_config, plan_direct_merge, read_json, write_merged
 from swiftlite.options import click_errors, flag, opt
 
@@ -210,8 +210,12 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
             for path in [*temp.iterdir(), temp]:  # on disk before the rename publishes them
                 _fsync(path)
             _move_into_place(temp, target, overwrite)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(temp, ignore_errors=True)
+            full = isinstance(error, Exception) and disk_full(
+                error, target.parent, f"{target.name} was not written (its partial files are removed)")
+            if full:
+                raise full from None
             raise
     report.seconds = time.perf_counter() - started
     _note(f"merged checkpoint written to {target}")

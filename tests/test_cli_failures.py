@@ -243,3 +243,50 @@ def test_an_image_the_processor_rejects_is_a_file_row_error(capsys, tmp_path, qw
     assert code == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == (f"mm sft: error: {dataset}:2: absolute aspect ratio must be smaller than "
                                             "200, got 400.0 (pass --strict false to skip bad rows)"), err
+
+
+# ---- a full disk: one line naming the disk and the directory, nothing half written -----------------------------
+def in_a_full_disk(directory: Path, size: str, command: list[str], tmp_path: Path) -> tuple[int, str]:
+    """Run `command` with `directory` on a tmpfs of `size` (a real filesystem that fills up: writes fail with
+    ENOSPC), mounted in a private mount namespace (`unshare --user --map-root-user --mount`), so that nothing
+    outside the command sees it and no privilege is needed where user namespaces are allowed. Returns
+    (exit code, stderr) and leaves a listing of the directory in tmp_path/listing (the tmpfs goes with the
+    namespace)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    listing = tmp_path / "listing"
+    script = (f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && "$@" 2>"$0.err"; code=$?; '
+              f'find "{directory}" -mindepth 1 > "{listing}"; exit $code')
+    environment = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
+                           str(tmp_path / "command"), str(directory), *command], env=environment, timeout=600)
+    return done.returncode, (tmp_path / "command.err").read_text()
+
+
+def test_a_full_disk_is_one_line_for_sft_and_export(capsys, tmp_path, llava_dir, rows):
+    disk = tmp_path / "disk"
+    cli = [sys.executable, "-m", "swiftlite.cli"]
+    # sft: the run directory's small files fit in 64 KiB, checkpoint-1 (about 160 KB) does not.
+    code, err = in_a_full_disk(disk, "64k", [*cli, "sft", *flags(llava_dir, rows, disk, "--max_steps", 2,
+                                                                 "--save_steps", 1, "--add_output_dir_suffix",
+                                                                 "false")], tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"mm sft: error: no space left on the disk mounted at {disk} (0 bytes free), which holds {disk}: "
+        "checkpoint-1 was not saved (its partial files are removed); free some space or choose another directory")
+    assert sorted(Path(line).name for line in (tmp_path / "listing").read_text().split()) == [
+        "logging.jsonl", "sft_args.json"]  # no checkpoint, no .staging leftovers
+
+    # export: the merged weights (about 350 KB) do not fit; the target never appears, the temp dir is removed.
+    code, err = mm_sft(capsys, *flags(llava_dir, rows, tmp_path / "trained", "--max_steps", 1))
+    assert code == 0, err
+    (checkpoint,) = (tmp_path / "trained").glob("llava1_5/v*/checkpoint-1")
+    target = disk / "merged"
+    code, err = in_a_full_disk(disk, "64k", [*cli, "export", "--ckpt_dir", str(checkpoint), "--merge_lora", "true",
+                                             "--output_dir", str(target)], tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(
+        f"mm export: error: no space left on the disk mounted at {disk} (")
+    assert err.strip().splitlines()[-1].endswith(
+        f"which holds {disk}: merged was not written (its partial files are removed); free some space or choose "
+        "another directory")
+    assert (tmp_path / "listing").read_text() == ""  # neither the target nor its temp dir

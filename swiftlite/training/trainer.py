@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from swiftlite.errors import UserError
+from swiftlite.errors import UserError, disk_full
 from swiftlite.training.dataset import STATS_KEY
 from swiftlite.training.launch import STAGING_DIR
 
@@ -205,14 +205,21 @@ class SftTrainer(Trainer):
         self._staging = True
         try:
             super()._save_checkpoint(model, trial)  # every rank writes its part (rng state, shards) here
+            if self.args.should_save:
+                if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
+                    self.state.best_model_checkpoint = str(final)
+                    self.state.save_to_json(str(staged / "trainer_state.json"))
+                self._describe_checkpoint(staged)
+        except Exception as error:
+            full = disk_full(error, run_dir, f"{name} was not saved (its partial files are removed)")
+            if full is None:
+                raise
+            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
+            raise full from None
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
-                self.state.best_model_checkpoint = str(final)
-                self.state.save_to_json(str(staged / "trainer_state.json"))
-            self._describe_checkpoint(staged)
             if final.exists():  # saved twice at one step (e.g. resumed into the same directory)
                 shutil.rmtree(final)
             os.replace(staged, final)
