@@ -12,7 +12,7 @@ import sys
 import typer
 
 from swiftlite import deploy, export, infer, listing, sft
-from swiftlite.errors import Terminated, raise_terminated
+from swiftlite.errors import Terminated, unwind_on_sigterm
 
 app = typer.Typer(
     name="mm",
@@ -82,11 +82,10 @@ def _unwind_on_sigterm(command: list[str]) -> None:
     """SIGTERM's default action ends the process on the spot: no `finally`, no atexit, so dataloader workers
     were left running and temp files behind. Turn it into an exception instead (not for `mm deploy`, whose
     server handles SIGTERM itself with a graceful shutdown)."""
-    import signal
     import threading
 
     if command != ["deploy"] and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)
+        unwind_on_sigterm()
 
 
 def entry() -> None:

@@ -16,7 +16,26 @@ class Terminated(BaseException):
     A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
+_HANDLER_PID: list[int] = []  # the process that installed raise_terminated
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise Terminated in this process (call from the main thread)."""
+    import signal
+
+    _HANDLER_PID[:] = [os.getpid()]
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
 def raise_terminated(signum, frame) -> None:
+    if _HANDLER_PID and os.getpid() != _HANDLER_PID[0]:
+        # A forked child (a dataloader worker) inherits the handler; it must end as SIGTERM ends a process, not
+        # unwind into its parent's code (its exit would print a traceback).
+        import signal
+
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated()
 
 

@@ -115,12 +115,10 @@ def export(
 def _stop_cleanly_on_sigterm() -> None:
     """SIGTERM (kill, docker stop, a scheduler) raises Terminated, so the temp dir is removed like on Ctrl-C and
     the CLI prints one line and exits 143 (`mm export` is also called from Python: install it here too)."""
-    import signal
-
-    from swiftlite.errors import raise_terminated
+    from swiftlite.errors import unwind_on_sigterm
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)
+        unwind_on_sigterm()
 
 
 # ---- the Python API (used by `mm infer --merge_lora true` and `mm deploy`) ---------------------------------

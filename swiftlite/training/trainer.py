@@ -67,6 +67,7 @@ class SftTrainer(Trainer):
         self.dropped_rows: dict[str, str] = {}
         self._staging = False
         self._last_batch_end: float | None = None
+        self._loaders: list = []  # the torch DataLoaders handed out, whose workers stop when training ends
 
     def get_train_dataloader(self):
         """The Trainer's loader (shuffled from --seed and the epoch), whose workers' seeds come from a generator of
@@ -82,6 +83,7 @@ class SftTrainer(Trainer):
         dataloader = super().get_train_dataloader()
         base = getattr(dataloader, "base_dataloader", dataloader)  # accelerate wraps the torch DataLoader
         base.generator = torch.Generator().manual_seed(self.args.seed)
+        self._loaders.append(base)
         return dataloader
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -97,7 +99,28 @@ class SftTrainer(Trainer):
         dataloader = super().get_eval_dataloader(eval_dataset)
         base = getattr(dataloader, "base_dataloader", dataloader)
         base.generator = torch.Generator().manual_seed(self.args.seed)
+        self._loaders.append(base)
         return dataloader
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.stop_dataloader_workers()
+
+    def stop_dataloader_workers(self) -> None:
+        """Tell the (persistent) dataloader workers to exit and wait for them, on every way out of training.
+
+        Otherwise, after Ctrl-C, SIGTERM or an error, the workers live on until the interpreter's exit kills them
+        mid-transfer (multiprocessing terminates daemon processes), and the main process's fd-sharing thread
+        prints a ConnectionResetError or EOFError traceback; killed by a signal, they were left as orphans.
+        """
+        for loader in self._loaders:
+            iterator = getattr(loader, "_iterator", None)  # where a DataLoader keeps persistent workers
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
+        self._loaders.clear()
 
     # ---- measuring data preparation ---------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
