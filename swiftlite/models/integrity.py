@@ -84,8 +84,6 @@ def check_adapter(ckpt_dir: Path, expected_rank: int | None = None) -> dict:
     The weights must be whole, finite (an adapter of NaN weights only ever answers garbage), and of the rank the
     config says. expected_rank: the rank the caller will build (`mm sft --lora_rank` when resuming).
     """
-    from swiftlite.lora_merge import load_adapter_weights
-
     ckpt_dir = Path(ckpt_dir)
     config_path = ckpt_dir / "adapter_config.json"
     config = read_json_object(config_path)
@@ -101,12 +99,13 @@ def check_adapter(ckpt_dir: Path, expected_rank: int | None = None) -> dict:
     weights_path = ckpt_dir / ADAPTER_WEIGHTS
     if weights_path.exists() or not (ckpt_dir / "adapter_model.bin").is_file():
         safetensors_header(weights_path)  # missing, truncated, not safetensors: said here, naming the file
-    weights = load_adapter_weights(ckpt_dir)
-    for key, values in weights.items():
+    import numpy as np
+
+    keys = []
+    for key, values in adapter_tensors(ckpt_dir):  # one at a time: a large adapter is never all in memory
+        keys.append(key)
         if values is None:
             continue
-        import numpy as np
-
         if not np.isfinite(values).all():
             raise UserError(f"{weights_path}: {key} holds NaN or inf values: the adapter is broken (saved by a run "
                             "that diverged?) and is refused")
@@ -114,7 +113,7 @@ def check_adapter(ckpt_dir: Path, expected_rank: int | None = None) -> dict:
             raise UserError(f"{config_path}: r={rank}, but {key} in {weights_path.name} has rank {values.shape[0]}: "
                             "the config and the weights do not belong together")
     if isinstance(targets, list):  # peft's rule for a list: a module's full name, or its last dotted parts
-        for key in weights:
+        for key in keys:
             module = re.sub(r"^base_model\.model\.", "", key.split(".lora_")[0])
             if ".lora_" in key and not any(module == name or module.endswith("." + name) for name in targets):
                 raise UserError(f"{config_path}: target_modules names no module the adapter's weights adapt (such as "
@@ -123,6 +122,19 @@ def check_adapter(ckpt_dir: Path, expected_rank: int | None = None) -> dict:
         raise UserError(f"--lora_rank {expected_rank}: the checkpoint {ckpt_dir} was trained with r={rank} "
                         f"({config_path}); pass --lora_rank {rank} to resume it")
     return config
+
+
+def adapter_tensors(ckpt_dir: Path):
+    """(name, values as a float numpy array, or None when not floating) for each adapter tensor, one at a time."""
+    from swiftlite.lora_merge import FLOAT_CODES, _header_tensors, load_adapter_weights, read_values
+
+    path = ckpt_dir / ADAPTER_WEIGHTS
+    if not path.is_file():  # adapter_model.bin: a pickle, loaded whole
+        yield from load_adapter_weights(ckpt_dir).items()
+        return
+    with open(path, "rb") as handle:
+        for tensor in _header_tensors(handle, path.name):
+            yield tensor.key, read_values(handle, tensor) if tensor.dtype in FLOAT_CODES else None
 
 
 def check_full_weights(model_dir: Path) -> None:

@@ -178,7 +178,8 @@ class SftTrainer(Trainer):
             lines = str(error).strip().splitlines()
             mismatch = next((line.strip() for line in lines if "size mismatch" in line), None)
             weights = "adapter_model.safetensors" if not self.full_checkpoint else "model.safetensors"
-            where = Path(resume_from_checkpoint) / weights if mismatch else f"--resume_from_checkpoint {resume_from_checkpoint}"
+            where = (Path(resume_from_checkpoint) / weights if mismatch
+                     else f"--resume_from_checkpoint {resume_from_checkpoint}")
             raise UserError(f"{where}: the weights do not load into this run's model "
                             f"({mismatch[:300] if mismatch else _first_line(error)})") from None
 
