@@ -165,6 +165,8 @@ def test_the_interrupt_code_comes_back_from_main():
     (["--num_train_epochs", "nan"], "--num_train_epochs nan: must be a finite number"),
     (["--warmup_ratio", "nan"], "--warmup_ratio nan: must be a finite number"),
     (["--lora_alpha", "0"], "--lora_alpha 0: expected a positive number"),
+    (["--seed", str(2 ** 64)], f"--seed {2 ** 64}: expected a whole number in [0, 2**32)"),
+    (["--seed", "-1"], "--seed -1: expected a whole number in [0, 2**32)"),
 ])
 def test_hyperparameters_are_checked_before_the_model_loads(capsys, tmp_path, llava_dir, rows, argv, message):
     code, err = mm_sft(capsys, *flags(llava_dir, rows, tmp_path, "--max_steps", 1, *argv))

@@ -36,3 +36,6 @@ def check_hyperparameters(args: dict) -> None:
             raise UserError(f"--{name} {value}: must be a finite number ({expected}); training would only produce NaN")
         if value < low or (value == low and not low_allowed) or (high is not None and value >= high):
             raise UserError(f"--{name} {value}: expected {expected}")
+    seed = args.get("seed")
+    if isinstance(seed, int) and not 0 <= seed < 2 ** 32:  # NumPy's seed range; torch's and Python's are wider
+        raise UserError(f"--seed {seed}: expected a whole number in [0, 2**32)")
