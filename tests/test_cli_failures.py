@@ -292,3 +292,23 @@ def test_a_full_disk_is_one_line_for_sft_and_export(capsys, tmp_path, llava_dir,
         f"which holds {disk}: merged was not written (its partial files are removed); free some space or choose "
         "another directory")
     assert (tmp_path / "listing").read_text() == ""  # neither the target nor its temp dir
+
+
+def test_mm_infer_skips_or_stops_at_an_image_the_processor_rejects(capsys, tmp_path, qwen2_vl_dir, rows):
+    from PIL import Image
+
+    from swiftlite.cli import main
+
+    Image.new("RGB", (400, 1), (220, 30, 30)).save(rows.with_name("thin.png"))
+    dataset = rows.with_name("thin_infer.jsonl")
+    dataset.write_text(rows.read_text().splitlines(keepends=True)[0] + json.dumps(
+        {"messages": [{"role": "user", "content": "<image>what colour is it"}], "images": ["thin.png"]}) + "\n")
+    common = ["infer", "--model", str(qwen2_vl_dir), "--val_dataset", str(dataset), "--max_new_tokens", "2",
+              "--result_dir", str(tmp_path)]
+    assert main(common) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {dataset}:2: absolute aspect ratio must be smaller than 200, got 400.0" in err and (
+        "Traceback" not in err)
+    assert main([*common, "--strict", "true"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mm infer: error: {dataset}:2: absolute aspect ratio must be smaller than 200, got 400.0")
