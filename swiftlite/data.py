@@ -184,11 +184,16 @@ def read_records(path_text: str) -> tuple[list[tuple[str, object]], str | None]:
 
 def _read_jsonl(path: Path, name: str) -> list:
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:  # decoded line by line: a row that is not UTF-8 is that row's error
+        for line_number, raw in enumerate(handle, start=1):
+            source = f"{name}:{line_number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                records.append((source, RowError(_not_utf8(error))))
+                continue
             if not line.strip():
                 continue
-            source = f"{name}:{line_number}"
             try:
                 records.append((source, json.loads(line)))
             except json.JSONDecodeError as error:
@@ -196,8 +201,25 @@ def _read_jsonl(path: Path, name: str) -> list:
     return records
 
 
+def _not_utf8(error: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at column {error.start + 1}); save the file as UTF-8"
+
+
+def _read_text(path: Path, name: str) -> str:
+    """A whole .json/.csv file as text; bytes that are not UTF-8 are an error naming the line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        error.start -= line_start
+        error.object = data[line_start:]
+        raise UserError(f"{name}:{line}: {_not_utf8(error)}") from None
+
+
 def _read_json(path: Path, name: str) -> list:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, name)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -221,7 +243,9 @@ def _looks_like_row(data: dict) -> bool:
 
 def _read_csv(path: Path, name: str) -> list:
     records = []
-    with open(path, encoding="utf-8", newline="") as handle:
+    import io
+
+    with io.StringIO(_read_text(path, name), newline="") as handle:
         reader = csv.DictReader(handle)
         for index, record in enumerate(reader, start=1):
             source = f"{name}:{index}"

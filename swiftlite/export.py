@@ -32,7 +32,7 @@ from typing import Annotated
 
 import typer
 
-from swiftlite.errors import UserError
+from swiftlite.errors import UserError, disk_full
 from swiftlite.lora_merge import DirectPlan, copy_config, plan_direct_merge, read_json, write_merged
 from swiftlite.models.checkpoint_files import processor_files
 from swiftlite.options import click_errors, flag, opt
@@ -107,11 +107,12 @@ def export(
 
 
 def _stop_cleanly_on_sigterm() -> None:
-    """SIGTERM (kill, docker stop, a scheduler) raises SystemExit, so the temp dir is removed like on Ctrl-C."""
-    import signal
+    """SIGTERM (kill, docker stop, a scheduler) raises Terminated, so the temp dir is removed like on Ctrl-C and
+    the CLI prints one line and exits 143 (`mm export` is also called from Python: install it here too)."""
+    from swiftlite.errors import unwind_on_sigterm
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        unwind_on_sigterm()
 
 
 # ---- the Python API (used by `mm infer --merge_lora true` and `mm deploy`) ---------------------------------
@@ -201,8 +202,12 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
             for path in [*temp.iterdir(), temp]:  # on disk before the rename publishes them
                 _fsync(path)
             _move_into_place(temp, target, overwrite)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(temp, ignore_errors=True)
+            full = isinstance(error, Exception) and disk_full(
+                error, target.parent, f"{target.name} was not written (its partial files are removed)")
+            if full:
+                raise full from None
             raise
     report.seconds = time.perf_counter() - started
     _note(f"merged checkpoint written to {target}")
@@ -212,7 +217,7 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
 # ---- reading the checkpoint -------------------------------------------------------------------------------
 def _read_lora_checkpoint(ckpt_dir):
     """The checkpoint; a bare peft adapter directory (no sft_args.json) is accepted too, via its adapter_config."""
-    from swiftlite.models.checkpoint import Checkpoint, read_checkpoint
+    from swiftlite.models.checkpoint import Checkpoint, check_checkpoint_files, read_checkpoint
 
     path = Path(ckpt_dir).expanduser()
     if (path / "adapter_config.json").is_file() and not (path / SFT_ARGS_FILE).is_file():
@@ -221,7 +226,9 @@ def _read_lora_checkpoint(ckpt_dir):
         if not base:
             raise UserError(f"{path / 'adapter_config.json'}: no base_model_name_or_path and no {SFT_ARGS_FILE} "
                             "saying which base model the adapter belongs to")
-        return Checkpoint(path.resolve(), {"model_id_or_path": base, "sft_type": "lora"})
+        checkpoint = Checkpoint(path.resolve(), {"model_id_or_path": base, "sft_type": "lora"})
+        check_checkpoint_files(checkpoint)
+        return checkpoint
     return read_checkpoint(path)
 
 
@@ -244,16 +251,16 @@ def _check_target_is_safe(target: Path, ckpt_dir: Path, base_dir: Path) -> None:
 # ---- the peft merge: anything the direct merge does not cover ----------------------------------------------
 def _merge_with_peft(ckpt_dir: Path, base_dir: Path, family, out_dir: Path, device, out_dtype, shard_bytes) -> int:
     """Load the base directly in its dtype, attach the adapter, merge_and_unload in place (no copy), save."""
-    from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
     import torch
 
+    from swiftlite.models.checkpoint import load_adapter
     from swiftlite.models.loading import load_model
 
     torch_dtype = getattr(torch, out_dtype) if out_dtype else _config_dtype(base_dir)
     model = load_model(base_dir, family, torch_dtype, device=str(_torch_device(device)))
-    model = PeftModel.from_pretrained(model, str(ckpt_dir))
+    model = load_adapter(model, ckpt_dir)
     layers = sum(1 for module in model.modules() if isinstance(module, LoraLayer))
     model = model.merge_and_unload(progressbar=sys.stderr.isatty())
     model.save_pretrained(out_dir, max_shard_size=shard_bytes)

@@ -420,10 +420,11 @@ def run_rows(loaded, rows: list, first_index: int, sampling: dict, stop_words, s
         part = split_row(row.conversation)
         try:
             encoded.append(template.encode(part["prompt"], add_generation_prompt=True))
-        except (MediaError, TemplateError) as error:
+        except (MediaError, TemplateError, ValueError) as error:  # ValueError: an image the processor refuses
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if strict:
-                raise UserError(f"{row.source}: {error}") from None
-            progress.write(f"[WARNING:swiftlite] skipped {row.source}: {error}", file=sys.stderr)
+                raise UserError(f"{row.source}: {message}") from None
+            progress.write(f"[WARNING:swiftlite] skipped {row.source}: {message}", file=sys.stderr)
             failed += 1
             continue
         parts.append(part)

@@ -141,8 +141,11 @@ def stored_tensors(base_dir: Path) -> list[StoredTensor] | None:
 
 
 def _header_tensors(handle, name: str) -> list[StoredTensor]:
-    (length,) = struct.unpack("<Q", handle.read(8))
-    header = json.loads(handle.read(length))
+    from swiftlite.models.integrity import safetensors_header
+
+    # Checked against the file's size first: a damaged file is one line naming it, not a MemoryError (a header
+    # length of 2**60) or a short read deep in the merge.
+    length, header = safetensors_header(Path(handle.name))
     header.pop("__metadata__", None)
     tensors = []
     for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
@@ -300,10 +303,9 @@ def copy_config(base_dir: Path, out_dir: Path, out_dtype: str | None) -> None:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
+    from swiftlite.models.integrity import read_json_object
+
+    return read_json_object(path)
 
 
 def _note(message: str) -> None:

@@ -233,6 +233,9 @@ def run_sft(args: dict) -> dict:
                                                                args["add_output_dir_suffix"], report)
         args["resume_from_checkpoint"] = str(checkpoint)
         report(f"resuming from {checkpoint}")
+        from swiftlite.training.resume_checks import check_resume_checkpoint
+
+        check_resume_checkpoint(checkpoint, args["sft_type"], args["lora_rank"], report)
 
     # ---- the run directory and the training arguments: before the model loads ----
     # Built first so that DeepSpeed's config is live while loading (ZeRO-3 then partitions the weights across
@@ -358,6 +361,9 @@ def report(message: str) -> None:
 # ---- flags --------------------------------------------------------------------------------------------
 def check_flags(args: dict) -> None:
     """Mistakes in flags fail here, in one line, before anything heavy is imported."""
+    from swiftlite.training.hyperparameters import check_hyperparameters
+
+    check_hyperparameters(args)  # finite numbers in range: NaN runs fail here, not after training
     if args["sft_type"] not in SFT_TYPES:
         raise UserError(f"--sft_type {args['sft_type']}: expected lora or full (also when spelled --train_type "
                         "or --tuner_type; ms-swift's other tuners are not available)")
@@ -395,6 +401,10 @@ def check_flags(args: dict) -> None:
     if checkpoint and checkpoint.lower() not in AUTO_RESUME and not (Path(checkpoint) / "trainer_state.json").is_file():
         raise UserError(f"--resume_from_checkpoint {checkpoint}: not a checkpoint-<step> directory with "
                         "trainer_state.json (was it saved with --save_only_model?)")
+    if checkpoint and checkpoint.lower() not in AUTO_RESUME:
+        from swiftlite.training.resume_checks import check_resume_checkpoint
+
+        check_resume_checkpoint(Path(checkpoint), args["sft_type"], args["lora_rank"], report)
     from swiftlite.training.launch import deepspeed_config
 
     deepspeed_config(args["deepspeed"])  # a missing package or file is reported now, not after loading

@@ -479,6 +479,14 @@ def test_killed_export_leaves_no_target(larger_lora_checkpoint):
                                lambda process: process.send_signal(signal.SIGTERM))
     assert process.returncode == 128 + signal.SIGTERM
     assert not target.exists() and not any(p.name.endswith(f"-{process.pid}") for p in parent.iterdir())
+    assert process.stderr.read().decode().strip().splitlines()[-1] == "mm export: terminated (SIGTERM)"
+    # Ctrl-C in the middle of writing: exit 130 (it was 0), one line, the same clean-up.
+    process = interrupt_export(larger_lora_checkpoint, moments["first weight file"],
+                               lambda process: process.send_signal(signal.SIGINT))
+    err = process.stderr.read().decode()
+    assert (process.returncode, err.strip().splitlines()[-1]) == (130, "mm export: interrupted"), err[-2000:]
+    assert "Traceback" not in err
+    assert not target.exists() and not any(p.name.endswith(f"-{process.pid}") for p in parent.iterdir())
 
     for moment, condition in moments.items():
         process = interrupt_export(larger_lora_checkpoint, condition, subprocess.Popen.kill)

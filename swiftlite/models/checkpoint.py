@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swiftlite.errors import UserError
+from swiftlite.models.integrity import read_json_object
 from swiftlite.models.loading import ResolvedModel, read_config, resolve_model
 
 SFT_ARGS_FILE = "sft_args.json"
@@ -50,24 +51,49 @@ class Checkpoint:
 
 
 def read_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
+    """The checkpoint in `ckpt_dir`, its files checked (swiftlite.models.integrity): a damaged file is one line."""
     path = Path(ckpt_dir).expanduser()
     if not path.is_dir():
         raise UserError(f"--ckpt_dir {ckpt_dir}: no such directory")
     args_file = path / SFT_ARGS_FILE
     if args_file.is_file():
-        try:
-            args = json.loads(args_file.read_text())
-        except json.JSONDecodeError as error:
-            raise UserError(f"{args_file} is not valid JSON: {error}") from None
-        return Checkpoint(path.resolve(), args)
-    if (path / "adapter_config.json").is_file():  # an adapter trained elsewhere (ms-swift 3.x/4.x, peft)
-        return Checkpoint(path.resolve(), foreign_adapter_args(path))
-    if (path / "config.json").is_file():
-        return Checkpoint(path.resolve(), {})  # a plain model directory: treat as a full checkpoint
-    raise UserError(
-        f"--ckpt_dir {ckpt_dir}: holds neither {SFT_ARGS_FILE} nor config.json; pass a checkpoint-<step> "
-        "directory written by `mm sft` (or its -merged export)"
-    )
+        checkpoint = Checkpoint(path.resolve(), read_json_object(args_file))
+    elif (path / "adapter_config.json").is_file():  # an adapter trained elsewhere (ms-swift 3.x/4.x, peft)
+        checkpoint = Checkpoint(path.resolve(), foreign_adapter_args(path))
+    elif (path / "config.json").is_file():
+        checkpoint = Checkpoint(path.resolve(), {})  # a plain model directory: treat as a full checkpoint
+    else:
+        raise UserError(
+            f"--ckpt_dir {ckpt_dir}: holds neither {SFT_ARGS_FILE} nor config.json; pass a checkpoint-<step> "
+            "directory written by `mm sft` (or its -merged export)"
+        )
+    check_checkpoint_files(checkpoint)
+    return checkpoint
+
+
+def check_checkpoint_files(checkpoint: Checkpoint) -> None:
+    """An adapter's config and weights (whole, finite, of its rank), or a full checkpoint's weight headers and
+    tokenizer files, before any loader sees them."""
+    from swiftlite.models.integrity import check_adapter, check_full_weights
+
+    if checkpoint.is_adapter:
+        check_adapter(checkpoint.ckpt_dir)
+    else:
+        check_full_weights(checkpoint.ckpt_dir)
+
+
+def load_adapter(model, ckpt_dir: Path, adapter_name: str = "default"):
+    """peft's PeftModel.from_pretrained, with its errors for an adapter that does not fit the base model (target
+    modules it lacks, tensors of other shapes) as one line naming the checkpoint."""
+    try:
+        return peft_model_from_pretrained(model, str(ckpt_dir), adapter_name=adapter_name)
+    except (ValueError, RuntimeError, KeyError, TypeError, OSError) as error:
+        text = str(error).strip().splitlines()
+        mismatch = next((line.strip() for line in text if "size mismatch" in line), None)
+        file_name = "adapter_model.safetensors" if mismatch else "adapter_config.json"
+        detail = mismatch or (text[0] if text else "")
+        raise UserError(f"{Path(ckpt_dir) / file_name}: the adapter does not fit its base model "
+                        f"({type(error).__name__}: {detail[:300]})") from None
 
 
 def foreign_adapter_args(path: Path) -> dict:
@@ -176,7 +202,7 @@ def load_for_inference(
     adapters = {}
     if checkpoint is not None and checkpoint.is_adapter:
         name = "default"
-        model = peft_model_from_pretrained(model, str(checkpoint.ckpt_dir), adapter_name=name)
+        model = load_adapter(model, checkpoint.ckpt_dir, name)
         model.eval()
         adapters[name] = str(checkpoint.ckpt_dir)
     template = get_template(

@@ -81,10 +81,13 @@ class EncodedDataset:
 
         try:
             encoded = self.template.encode(row.conversation)
-        except (TemplateError, MediaError) as error:
+        except (TemplateError, MediaError, ValueError) as error:
+            # ValueError: what an image processor raises for an image it cannot take (Qwen2-VL: an aspect ratio
+            # over 200, e.g. 400x1); it is this row's problem, so it gets the row's file:row like the others.
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if self.strict:
-                raise UserError(f"{row.source}: {error} (pass --strict false to skip bad rows)") from None
-            raise RowDropped(f"cannot be encoded: {error}") from None
+                raise UserError(f"{row.source}: {message} (pass --strict false to skip bad rows)") from None
+            raise RowDropped(f"cannot be encoded: {message}") from None
         if "labels" not in encoded or all(label == IGNORE_INDEX for label in encoded["labels"]):
             raise RowDropped("no assistant tokens to train on")
         length = len(encoded["input_ids"])

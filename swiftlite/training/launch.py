@@ -141,7 +141,10 @@ def relaunch_with_torchrun(args: dict) -> int:
           flush=True)
     environment = dict(os.environ)
     environment.setdefault("OMP_NUM_THREADS", "1")  # each process gets a share of the cores, not all of them
-    return subprocess.call(command, env=environment)
+    code = subprocess.call(command, env=environment)
+    # torchrun killed by a signal reports -N; a shell would say 128 + N (130 for Ctrl-C). Either way non-zero,
+    # so that `mm sft ... && mm export ...` stops.
+    return 128 - code if code < 0 else code
 
 
 def check_gpus_for_processes(nproc: int, visible: int | None = None) -> None:

@@ -19,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+from swiftlite.errors import UserError, disk_full
 from swiftlite.training.dataset import STATS_KEY
 from swiftlite.training.launch import STAGING_DIR
 
@@ -63,6 +64,7 @@ class SftTrainer(Trainer):
         self.dropped_rows: dict[str, str] = {}
         self._staging = False
         self._last_batch_end: float | None = None
+        self._loaders: list = []  # the torch DataLoaders handed out, whose workers stop when training ends
 
     def get_train_dataloader(self):
         """The Trainer's loader (shuffled from --seed and the epoch), whose workers' seeds come from a generator of
@@ -78,7 +80,44 @@ class SftTrainer(Trainer):
         dataloader = super().get_train_dataloader()
         base = getattr(dataloader, "base_dataloader", dataloader)  # accelerate wraps the torch DataLoader
         base.generator = torch.Generator().manual_seed(self.args.seed)
+        self._loaders.append(base)
         return dataloader
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """The Trainer's evaluation loader, whose iterator draws its base seed from a generator of its own.
+
+        Starting to iterate a DataLoader draws a seed from torch's global generator, the one dropout draws from.
+        With persistent workers the evaluation iterator starts once, at the first evaluation: step 10 of a run
+        evaluating every 10 steps, but step 30 of the same run resumed from checkpoint-20, so the resumed run's
+        dropout differed from step 31 on. A fresh generator per evaluation leaves the global one alone.
+        """
+        import torch
+
+        dataloader = super().get_eval_dataloader(eval_dataset)
+        base = getattr(dataloader, "base_dataloader", dataloader)
+        base.generator = torch.Generator().manual_seed(self.args.seed)
+        self._loaders.append(base)
+        return dataloader
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.stop_dataloader_workers()
+
+    def stop_dataloader_workers(self) -> None:
+        """Tell the (persistent) dataloader workers to exit and wait for them, on every way out of training.
+
+        Otherwise, after Ctrl-C, SIGTERM or an error, the workers live on until the interpreter's exit kills them
+        mid-transfer (multiprocessing terminates daemon processes), and the main process's fd-sharing thread
+        prints a ConnectionResetError or EOFError traceback; killed by a signal, they were left as orphans.
+        """
+        for loader in self._loaders:
+            iterator = getattr(loader, "_iterator", None)  # where a DataLoader keeps persistent workers
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
+        self._loaders.clear()
 
     # ---- measuring data preparation ---------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -98,6 +137,66 @@ class SftTrainer(Trainer):
                     self.data_stats[key] += stats[key]
                 self.dropped_rows.update(dict(stats["dropped"]))
         return batches, num_items
+
+    # ---- a run that diverges stops, and never saves non-finite weights ---------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer leaves NaN/inf losses out of its logged average (logging_nan_inf_filter), so a diverged run
+        logged normal-looking losses and saved NaN weights. Stop at the first non-finite loss instead (the Trainer
+        already reads the loss's finiteness every step for that filter, so this adds no device sync)."""
+        import torch
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise UserError(f"step {self.state.global_step + 1}: the training loss is {float(loss.detach().float())}: "
+                            f"the run diverged and was stopped; {self._saved_so_far()}. Try a lower "
+                            "--learning_rate or --max_grad_norm")
+        return loss
+
+    def _check_weights_finite(self) -> None:
+        import torch
+
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
+                raise UserError(f"step {self.state.global_step}: the trained weight {name} holds NaN or inf: the run "
+                                f"diverged and was stopped without saving it; {self._saved_so_far()}. Try a lower "
+                                "--learning_rate or --max_grad_norm")
+
+    def _saved_so_far(self) -> str:
+        from swiftlite.training.launch import complete_checkpoints
+
+        saved = complete_checkpoints(Path(self.args.output_dir)) if Path(self.args.output_dir).is_dir() else []
+        return f"the last checkpoint saved is {saved[-1]}" if saved else "no checkpoint was saved"
+
+    # ---- a damaged checkpoint to resume from is one line naming the file -------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        try:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
+            lines = str(error).strip().splitlines()
+            mismatch = next((line.strip() for line in lines if "size mismatch" in line), None)
+            weights = "adapter_model.safetensors" if not self.full_checkpoint else "model.safetensors"
+            where = (Path(resume_from_checkpoint) / weights if mismatch
+                     else f"--resume_from_checkpoint {resume_from_checkpoint}")
+            raise UserError(f"{where}: the weights do not load into this run's model "
+                            f"({mismatch[:300] if mismatch else _first_line(error)})") from None
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None:
+            from swiftlite.training.resume_checks import check_torch_file
+
+            check_torch_file(Path(checkpoint) / "scheduler.pt")  # tiny: read first, so a failure below is the optimizer's
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, TypeError) as error:
+            raise UserError(f"{Path(checkpoint) / 'optimizer.pt'}: does not load into this run's optimizer "
+                            f"({_first_line(error)}); damaged, or saved by another run") from None
+
+    def _load_rng_state(self, checkpoint):
+        if checkpoint is not None:
+            from swiftlite.training.resume_checks import check_rng_state
+
+            check_rng_state(Path(checkpoint), self.args.world_size, self.args.process_index)
+        return super()._load_rng_state(checkpoint)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs.pop(STATS_KEY, None)  # evaluation batches come here with their bookkeeping still attached
@@ -135,6 +234,7 @@ class SftTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+        self._check_weights_finite()
         run_dir = Path(self._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staged, final = run_dir / STAGING_DIR / name, run_dir / name
@@ -144,14 +244,21 @@ class SftTrainer(Trainer):
         self._staging = True
         try:
             super()._save_checkpoint(model, trial)  # every rank writes its part (rng state, shards) here
+            if self.args.should_save:
+                if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
+                    self.state.best_model_checkpoint = str(final)
+                    self.state.save_to_json(str(staged / "trainer_state.json"))
+                self._describe_checkpoint(staged)
+        except Exception as error:
+            full = disk_full(error, run_dir, f"{name} was not saved (its partial files are removed)")
+            if full is None:
+                raise
+            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
+            raise full from None
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
-                self.state.best_model_checkpoint = str(final)
-                self.state.save_to_json(str(staged / "trainer_state.json"))
-            self._describe_checkpoint(staged)
             if final.exists():  # saved twice at one step (e.g. resumed into the same directory)
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -217,6 +324,11 @@ def trim_logs(path: Path, step: int) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("".join(kept), encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def write_jsonl(path: Path, record: dict) -> None:
