@@ -261,7 +261,9 @@ def load_adapter(model, path: str, internal_name: str, public_name: str):
     from peft import PeftModel
 
     from swiftlite.models.checkpoint import peft_model_from_pretrained
+    from swiftlite.models.integrity import check_adapter
 
+    check_adapter(Path(path))  # whole, finite, of its rank: one line naming the file, as for --ckpt_dir
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(path, adapter_name=internal_name)

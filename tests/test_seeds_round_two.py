@@ -116,7 +116,8 @@ def test_rtp_llm_placeholder_binds_urls_through_inference(qwen_model, shape_imag
 
 @pytest.fixture(scope="module")
 def qwen_server(qwen2_vl_dir, shape_images):
-    with running_server(model=str(qwen2_vl_dir), max_new_tokens=4) as server, \
+    # The media host of these tests is on loopback: allowed by name, as --allowed_media_domains does.
+    with running_server(model=str(qwen2_vl_dir), max_new_tokens=4, allowed_media_domains=["127.0.0.1"]) as server, \
             static_http_server(shape_images["red"].parent) as host:
         server.media_host = host
         yield server
@@ -151,7 +152,8 @@ def test_rtp_llm_placeholder_binds_images_in_deploy(qwen_server):
 # ---- seed 002: Xinference's MP3 and FLAC audio_url conversation -----------------------------------------------
 @pytest.fixture(scope="module")
 def audio_server(audio_dir):
-    with running_server(model=str(audio_dir / "qwen2-audio"), max_new_tokens=2) as server, \
+    with running_server(model=str(audio_dir / "qwen2-audio"), max_new_tokens=2,
+                        allowed_media_domains=["127.0.0.1"]) as server, \
             static_http_server(audio_dir / "clips") as host:
         server.media_host = host
         yield server
