@@ -18,6 +18,7 @@ from PIL import Image
 
 from swiftlite.conversation import Conversation
 from swiftlite.templates import IGNORE_INDEX
+from swiftlite.testing.layouts import official_processor  # noqa: F401  (the family tests' official side)
 
 RED = Image.new("RGB", (56, 84), (255, 0, 0))
 GREEN = Image.new("RGB", (100, 60), (0, 255, 0))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
-                           check_prefixes, check_tiny_checkpoint, check_train_step, training_conversation)
+                           check_prefixes, check_tiny_checkpoint, check_train_step, official_processor,
+                           training_conversation)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -24,23 +25,9 @@ def checkpoint(tmp_path_factory):
     return build_tiny_checkpoint("glm4_1v", tmp_path_factory.mktemp("glm4_1v") / "tiny")
 
 
-def official_processor(tokenizer):
-    from transformers import Glm4vProcessor
-
-    # Glm4vProcessor insists on a torchvision video processor, which this CPU environment cannot have; images
-    # never touch it, so we build it with the official image processor and no video one.
-    class ImageOnlyGlm4vProcessor(Glm4vProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
-    return ImageOnlyGlm4vProcessor(image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer,
-                                   video_processor=None, chat_template=tokenizer.chat_template)
-
-
 @pytest.fixture(scope="module")
 def bound(checkpoint):
-    return get_template("glm4_1v", load_tokenizer(checkpoint)), official_processor(load_tokenizer(checkpoint))
+    return get_template("glm4_1v", load_tokenizer(checkpoint)), official_processor(checkpoint)
 
 
 @pytest.fixture(scope="module")

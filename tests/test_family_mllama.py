@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, GREEN, RED, assert_same_tensor, check_generate_batch, check_labels,
-                           check_prefixes, check_train_step, official_encode, official_messages)
+                           check_prefixes, check_train_step, official_encode, official_messages, official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -26,13 +26,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bound(checkpoint):
-    from transformers import MllamaProcessor
-
-    tokenizer = load_tokenizer(checkpoint)
-    official_tokenizer = load_tokenizer(checkpoint)
-    processor = MllamaProcessor(image_processor=official_tokenizer.swiftlite_image_processor,
-                                tokenizer=official_tokenizer, chat_template=official_tokenizer.chat_template)
-    return get_template("llama3_2-vision", tokenizer), processor
+    return get_template("llama3_2-vision", load_tokenizer(checkpoint)), official_processor(checkpoint)
 
 
 def test_registry_entries(checkpoint):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, BLUE, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
-                           check_prefixes, check_train_step)
+                           check_prefixes, check_train_step, official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -25,28 +25,12 @@ def checkpoints(tmp_path_factory):
     return {family: build_tiny_checkpoint(family, root / family) for family in VL_FAMILIES}
 
 
-def official_processor(family, tokenizer):
-    import transformers
-
-    base = getattr(transformers, PROCESSOR_CLASS[family])
-
-    # The official processors insist on a torchvision video processor, which this CPU environment cannot have;
-    # images never touch it, so we build them with the official image processor and no video one.
-    class ImageOnlyProcessor(base):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
-    return ImageOnlyProcessor(image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer,
-                              video_processor=None, chat_template=tokenizer.chat_template)
-
-
 @pytest.fixture(scope="module")
 def bound(checkpoints):
     bound = {}
     for family, directory in checkpoints.items():
         tokenizer = load_tokenizer(directory)
-        bound[family] = (get_template(FAMILIES[family].template, tokenizer), official_processor(family, tokenizer))
+        bound[family] = (get_template(FAMILIES[family].template, tokenizer), official_processor(directory))
     return bound
 
 

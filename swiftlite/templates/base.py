@@ -115,6 +115,7 @@ class Template:
         tokenizer,
         image_processor=None,
         feature_extractor=None,
+        video_processor=None,
         processor_config: dict | None = None,
         model_config: dict | None = None,
         chat_template: str | None = None,
@@ -127,6 +128,7 @@ class Template:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.feature_extractor = feature_extractor
+        self.video_processor = video_processor
         self.processor_config = processor_config or {}
         self.model_config = model_config or {}
         self.chat_template = (chat_template or meta.chat_template_override or getattr(tokenizer, "chat_template", None)

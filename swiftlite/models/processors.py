@@ -1,0 +1,158 @@
+"""A checkpoint's processors, loaded as transformers loads them, from every layout it reads.
+
+transformers has written a checkpoint's processor settings in several layouts over the years, and reads all:
+- `preprocessor_config.json`: the image processor or the audio feature extractor (older saves, most hub repos);
+- `processor_config.json` with the sub-processors nested under `image_processor`, `feature_extractor`,
+  `video_processor` (what transformers 5's `processor.save_pretrained` writes, with no preprocessor_config.json);
+- `video_preprocessor_config.json`: the video processor;
+- `chat_template.jinja`, `chat_template.json` or the tokenizer_config's `chat_template`.
+We ask transformers' Auto classes for each part instead of picking files by name, so a layout transformers reads
+is one we read. Parts are loaded one by one rather than with AutoProcessor: AutoProcessor insists on the video
+processor of Qwen2-VL and friends, which needs torchvision; without torchvision the image processors' PIL backend
+is used and a video is refused with a line naming torchvision.
+
+An image or audio model whose processor is missing or broken fails here, at load, naming the file and the fix,
+instead of answering every media row with "takes no images".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swiftlite.errors import UserError
+
+# Keys of processor_config.json that hold a nested sub-processor (or tokenizer) rather than a processor setting.
+NESTED_KEYS = ("image_processor", "feature_extractor", "video_processor", "tokenizer", "chat_template")
+
+
+@dataclass
+class CheckpointProcessors:
+    """What a checkpoint needs besides its tokenizer to encode media, as transformers loads it."""
+
+    image_processor: Any = None
+    feature_extractor: Any = None
+    video_processor: Any = None
+    # The processor's own settings (image_seq_length, patch_size, ...): processor_config.json without its
+    # nested sub-processors.
+    processor_config: dict = field(default_factory=dict)
+    chat_template: str | None = None
+
+
+def has_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} should hold a JSON object")
+    return data
+
+
+def processor_settings_files(model_dir: Path) -> dict[str, str]:
+    """kind ('image', 'audio', 'video') -> where its settings are written, in the layouts transformers reads."""
+    model_dir = Path(model_dir)
+    found: dict[str, str] = {}
+    processor_file = model_dir / "processor_config.json"
+    nested = read_json(processor_file) if processor_file.is_file() else {}
+    preprocessor_file = model_dir / "preprocessor_config.json"
+    preprocessor = read_json(preprocessor_file) if preprocessor_file.is_file() else {}
+    if isinstance(nested.get("image_processor"), dict):
+        found["image"] = "processor_config.json (image_processor)"
+    elif preprocessor and "feature_extractor_type" not in preprocessor:
+        found["image"] = "preprocessor_config.json"
+    if isinstance(nested.get("feature_extractor"), dict):
+        found["audio"] = "processor_config.json (feature_extractor)"
+    elif "feature_extractor_type" in preprocessor:
+        found["audio"] = "preprocessor_config.json"
+    if isinstance(nested.get("video_processor"), dict):
+        found["video"] = "processor_config.json (video_processor)"
+    elif (model_dir / "video_preprocessor_config.json").is_file():
+        found["video"] = "video_preprocessor_config.json"
+    return found
+
+
+def chat_template_from_files(model_dir: Path) -> str | None:
+    """The chat template a processor would use when the tokenizer carries none."""
+    model_dir = Path(model_dir)
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text()
+    if (model_dir / "chat_template.json").is_file():
+        return read_json(model_dir / "chat_template.json").get("chat_template")
+    if (model_dir / "processor_config.json").is_file():
+        template = read_json(model_dir / "processor_config.json").get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def _missing(model_dir: Path, kind: str, family_name: str) -> UserError:
+    part = {"image": "image processor", "audio": "audio feature extractor"}[kind]
+    return UserError(
+        f"{model_dir}: this {family_name} checkpoint takes {kind}s but holds no {part} settings (neither "
+        f"preprocessor_config.json nor an `{'image_processor' if kind == 'image' else 'feature_extractor'}` entry "
+        "in processor_config.json). Save the base model's processor next to the weights: "
+        "AutoProcessor.from_pretrained(<base model>).save_pretrained(<this dir>), or copy its preprocessor_config.json"
+    )
+
+
+def _broken(model_dir: Path, kind: str, where: str, error: Exception) -> UserError:
+    first_line = (str(error).splitlines() or [""])[0][:300]
+    return UserError(
+        f"{model_dir / where.split(' ')[0]}: could not load the {kind} processor ({type(error).__name__}: {first_line}). "
+        "Fix or replace that file with the base model's processor settings"
+    )
+
+
+def load_processors(model_dir: Path, family=None, from_pretrained_kwargs: dict | None = None) -> CheckpointProcessors:
+    """Load the image processor, feature extractor and video processor the checkpoint declares.
+
+    A native image or audio family must have its processor: a missing or unreadable one is a UserError here.
+    Remote-code families load theirs when declared (some tile images or read media paths themselves).
+    """
+    model_dir = Path(model_dir)
+    kwargs = dict(from_pretrained_kwargs or {})
+    files = processor_settings_files(model_dir)
+    modalities = tuple(getattr(family, "modalities", ()) or ())
+    required = family is not None and not getattr(family, "remote_code", False)
+    name = getattr(family, "name", "this")
+    processors = CheckpointProcessors(chat_template=chat_template_from_files(model_dir))
+    if (model_dir / "processor_config.json").is_file():
+        settings = read_json(model_dir / "processor_config.json")
+        processors.processor_config = {k: v for k, v in settings.items() if k not in NESTED_KEYS}
+
+    if "image" in modalities or ("image" in files and family is None):
+        if "image" in files:
+            from transformers import AutoImageProcessor
+
+            try:
+                processors.image_processor = AutoImageProcessor.from_pretrained(model_dir, **kwargs)
+            except Exception as error:  # a damaged or foreign settings file: the user's checkpoint
+                raise _broken(model_dir, "image", files["image"], error) from None
+        elif required:
+            raise _missing(model_dir, "image", name)
+    if "audio" in modalities or ("audio" in files and family is None):
+        if "audio" in files:
+            from transformers import AutoFeatureExtractor
+
+            try:
+                processors.feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, **kwargs)
+            except Exception as error:
+                raise _broken(model_dir, "audio", files["audio"], error) from None
+        elif required:
+            raise _missing(model_dir, "audio", name)
+    if "video" in files and has_torchvision():
+        # transformers' video processors are torchvision-only; without it a video is refused at encode time.
+        from transformers import AutoVideoProcessor
+
+        try:
+            processors.video_processor = AutoVideoProcessor.from_pretrained(model_dir, **kwargs)
+        except Exception as error:
+            raise _broken(model_dir, "video", files["video"], error) from None
+    return processors
