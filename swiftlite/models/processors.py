@@ -25,8 +25,10 @@ from typing import Any
 
 from swiftlite.errors import UserError
 
-# Keys of processor_config.json that hold a nested sub-processor (or tokenizer) rather than a processor setting.
-NESTED_KEYS = ("image_processor", "feature_extractor", "video_processor", "tokenizer", "chat_template")
+# Keys of processor_config.json that hold a nested sub-processor (or tokenizer, or the class name) rather than
+# a setting of the processor.
+NESTED_KEYS = ("image_processor", "feature_extractor", "video_processor", "tokenizer", "chat_template",
+               "processor_class")
 
 
 @dataclass
