@@ -125,5 +125,8 @@ def test_train_step_generate_and_prefixes(checkpoint, bound):
     family = FAMILIES["mllama"]
     model = load_model(checkpoint, family, torch.float32, device="cpu")
     check_train_step(model, template, family)
-    check_generate_batch(model, template, GREEN)
+    # transformers' Mllama runs its cross-attention layers for a text-only row when the batch carries images
+    # (over the filler image, fully masked, yet gated into the residual) and skips them for the row alone, so
+    # the text row's logprobs move by a few 1e-3 next to an image row (measured 6e-3; tokens unchanged).
+    check_generate_batch(model, template, GREEN, text_row_atol=2e-2)
     check_prefixes(model, family)
