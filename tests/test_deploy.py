@@ -181,7 +181,8 @@ def test_completions_with_logprobs_on_a_chat_model(client, shape_images):
                                          max_tokens=4, temperature=0, logprobs=2)
     choice = response.choices[0]
     assert response.object == "text_completion" and isinstance(choice.text, str)
-    assert len(choice.logprobs.tokens) == response.usage.completion_tokens == 4
+    assert len(choice.logprobs.tokens) == response.usage.completion_tokens
+    assert response.usage.completion_tokens == 4 or choice.finish_reason == "stop"
     assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
     assert "".join(choice.logprobs.tokens) == choice.text
 

@@ -42,6 +42,8 @@ class CheckpointProcessors:
     # nested sub-processors.
     processor_config: dict = field(default_factory=dict)
     chat_template: str | None = None
+    # The official processor class (Qwen2VLProcessor, ...), as AutoProcessor would pick it.
+    processor_class: str | None = None
 
 
 def has_torchvision() -> bool:
@@ -128,6 +130,7 @@ def load_processors(model_dir: Path, family=None, from_pretrained_kwargs: dict |
     if (model_dir / "processor_config.json").is_file():
         settings = read_json(model_dir / "processor_config.json")
         processors.processor_config = {k: v for k, v in settings.items() if k not in NESTED_KEYS}
+    processors.processor_class = processor_class_name(model_dir)
 
     if "image" in modalities or ("image" in files and family is None):
         if "image" in files:
@@ -158,3 +161,58 @@ def load_processors(model_dir: Path, family=None, from_pretrained_kwargs: dict |
         except Exception as error:
             raise _broken(model_dir, "video", files["video"], error) from None
     return processors
+
+
+def processor_class_name(model_dir: Path) -> str | None:
+    """The processor class AutoProcessor would build: the one the checkpoint names, else its model type's."""
+    model_dir = Path(model_dir)
+    for name in ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                 "tokenizer_config.json"):
+        if (model_dir / name).is_file():
+            settings = read_json(model_dir / name)
+            nested = [settings.get(key) for key in ("image_processor", "feature_extractor")]
+            for candidate in [settings, *[n for n in nested if isinstance(n, dict)]]:
+                if isinstance(candidate.get("processor_class"), str):
+                    return candidate["processor_class"]
+    if (model_dir / "config.json").is_file():
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+        return PROCESSOR_MAPPING_NAMES.get(read_json(model_dir / "config.json").get("model_type"))
+    return None
+
+
+def build_processor(processor_class: str | None, tokenizer, settings: dict, image_processor=None,
+                    feature_extractor=None, video_processor=None):
+    """The official processor from the parts already loaded, as ProcessorMixin.from_pretrained assembles it.
+
+    Without torchvision there is no video processor; the processors that insist on one (Qwen2-VL, InternVL,
+    LLaVA-OneVision, ...) are built without it, and never see a video (one is refused before, naming torchvision).
+    """
+    import inspect
+
+    import transformers
+
+    base = getattr(transformers, processor_class or "", None)
+    if base is None:
+        raise UserError(f"this transformers ({transformers.__version__}) has no processor class {processor_class!r}, "
+                        "which the checkpoint names: upgrade transformers")
+    attributes = base.get_attributes()
+    parts = {"tokenizer": tokenizer}
+    if "image_processor" in attributes:
+        parts["image_processor"] = image_processor
+    if "feature_extractor" in attributes:
+        parts["feature_extractor"] = feature_extractor
+    cls = base
+    if "video_processor" in attributes:
+        parts["video_processor"] = video_processor
+        if video_processor is None:
+            class ImageOnlyProcessor(base):
+                def check_argument_for_proper_class(self, argument_name, argument):
+                    if argument_name != "video_processor":
+                        return super().check_argument_for_proper_class(argument_name, argument)
+
+            ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = base.__name__
+            cls = ImageOnlyProcessor
+    accepted = set(inspect.signature(base.__init__).parameters)
+    kwargs = {key: value for key, value in settings.items() if key in accepted and key not in parts}
+    return cls(**parts, **kwargs)
