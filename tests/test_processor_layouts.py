@@ -207,3 +207,27 @@ def test_sft_infer_deploy_with_media_in_todays_layout(base_dirs, tmp_path, capsy
         text_tokens = httpx.post(server.base_url + "/chat/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"]
         if family_name != "mllama":  # Mllama: one token per image (cross-attention), a dated system when text-only
             assert media_tokens > text_tokens + 1  # the media reached the model, expanded
+
+
+def test_a_video_is_refused_with_a_line_naming_torchvision(tmp_path, capsys, base_dirs):
+    from swiftlite.data import RowError, record_to_conversation
+    from swiftlite.media import MediaError, content_parts_to_text
+    from swiftlite.templates import TemplateError
+
+    expected = "videos need torchvision"  # this lane has no torchvision (scripts/test.sh's system python)
+    with pytest.raises(RowError, match=expected):
+        record_to_conversation({"messages": [{"role": "user", "content": "<video>what happens?"},
+                                             {"role": "assistant", "content": "a ball rolls"}],
+                                "videos": ["clip.mp4"]})
+    with pytest.raises(MediaError, match=expected):
+        content_parts_to_text([{"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}}])
+    with pytest.raises(TemplateError, match=expected):
+        bind(base_dirs["qwen2-vl"]).encode(Conversation([{"role": "user", "content": "<video>what happens?"}]))
+    rows = tmp_path / "train.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "<video>what happens?"},
+                                             {"role": "assistant", "content": "a ball rolls"}],
+                                "videos": [str(tmp_path / "clip.mp4")]}) + "\n")
+    code = main(["sft", "--model", str(base_dirs["qwen2-vl"]), "--dataset", str(rows), "--max_steps", "1",
+                 "--output_dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code != 0 and expected in error and "Traceback" not in error

@@ -285,6 +285,10 @@ class Template:
         if conversation.system is not None and not self.meta.supports_system:
             raise TemplateError(f"template {self.meta.name!r} has no system prompt")
         check_media_count(conversation.texts(), conversation.images, conversation.audios)
+        if any("<video>" in text for text in conversation.texts() if text):
+            from swiftlite.video import video_error
+
+            raise TemplateError(video_error())
         if self.meta.max_images is not None and len(conversation.images) > self.meta.max_images:
             raise TemplateError(
                 f"template {self.meta.name!r} takes at most {self.meta.max_images} image(s), got {len(conversation.images)}"
