@@ -186,6 +186,16 @@ def assert_same_logprobs(first, second, atol: float = 1e-4, what: str = "the two
         assert all(abs(x - y) <= atol for (_, x), (_, y) in zip(top_a, top_b)), f"{what}: step {index} top logprobs"
 
 
+def assert_same_openai_logprobs(first, second, atol: float = 1e-4, what: str = "the two answers"):
+    """Two OpenAI `logprobs.content` lists (from the SDK) agree token by token within `atol`."""
+    assert first and len(first) == len(second), f"{what}: {len(first)} vs {len(second)} tokens with logprobs"
+    for index, (a, b) in enumerate(zip(first, second)):
+        assert a.token == b.token, f"{what}: token {index} is {a.token!r} vs {b.token!r}"
+        assert abs(a.logprob - b.logprob) <= atol, f"{what}: token {index} logprob {a.logprob} vs {b.logprob}"
+        assert [t.token for t in a.top_logprobs] == [t.token for t in b.top_logprobs], f"{what}: token {index} top"
+        assert all(abs(x.logprob - y.logprob) <= atol for x, y in zip(a.top_logprobs, b.top_logprobs))
+
+
 def check_generate_batch(model, template, image, text_row_atol: float = 1e-4):
     """engine.generate runs a left-padded batch of an image row and a text row; each equals the row alone,
     step by step in logprobs, not only in tokens. `text_row_atol`: the tolerance for the text row, for

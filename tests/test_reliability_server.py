@@ -37,9 +37,13 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def deployed(qwen2_vl_dir):
+def deployed(qwen2_vl_dir, tmp_path_factory):
+    from swiftlite.testing.tiny import never_stopping_copy
+
+    # Long answers that end only when their client leaves (the tiny model would otherwise stop by itself).
+    model = never_stopping_copy(qwen2_vl_dir, tmp_path_factory.mktemp("never_stopping") / "qwen2-vl")
     # One OpenMP thread: on the shared 2-core machine, two spinning threads against the client slow every step.
-    process, url = soak.start_server(str(qwen2_vl_dir), "--max_new_tokens", "8", "--shutdown_timeout",
+    process, url = soak.start_server(str(model), "--max_new_tokens", "8", "--shutdown_timeout",
                                      str(SHUTDOWN_TIMEOUT), threads=1)
     try:
         yield Served(process, url)
