@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from swiftlite.testing.tiny import discover_builders, fixture_facts
+from swiftlite.testing.tiny import discover_builders, fixture_chat_template, fixture_facts
 
 
 def test_qwen2_vl_checkpoint_carries_the_real_facts(qwen2_vl_dir):
@@ -21,7 +21,7 @@ def test_qwen2_vl_checkpoint_carries_the_real_facts(qwen2_vl_dir):
         assert len(ids) == 1, token["content"]  # each special token is one token, never split
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert tokenizer.chat_template.strip() == (qwen2_vl_dir / "chat_template.jinja").read_text().strip()
+    assert tokenizer.chat_template.strip() == fixture_chat_template("qwen2-vl").strip()  # the official file
     processor = AutoImageProcessor.from_pretrained(qwen2_vl_dir)
     assert "Qwen2VLImageProcessor" in type(processor).__name__
     assert processor.merge_size == 2 and processor.patch_size == 14
