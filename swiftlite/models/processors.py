@@ -152,15 +152,25 @@ def load_processors(model_dir: Path, family=None, from_pretrained_kwargs: dict |
                 raise _broken(model_dir, "audio", files["audio"], error) from None
         elif required:
             raise _missing(model_dir, "audio", name)
-    if "video" in files and has_torchvision():
+    if has_torchvision() and ("video" in files or _takes_video(processors.processor_class)):
         # transformers' video processors are torchvision-only; without it a video is refused at encode time.
+        # Checkpoints saved before video processors existed keep their settings in preprocessor_config.json,
+        # which AutoVideoProcessor reads too.
         from transformers import AutoVideoProcessor
 
         try:
             processors.video_processor = AutoVideoProcessor.from_pretrained(model_dir, **kwargs)
         except Exception as error:
-            raise _broken(model_dir, "video", files["video"], error) from None
+            if "video" in files:
+                raise _broken(model_dir, "video", files["video"], error) from None
     return processors
+
+
+def _takes_video(processor_class: str | None) -> bool:
+    import transformers
+
+    base = getattr(transformers, processor_class or "", None)
+    return base is not None and "video_processor" in base.get_attributes()
 
 
 def processor_class_name(model_dir: Path) -> str | None:
