@@ -107,9 +107,14 @@ def test_an_image_model_without_its_processor_fails_at_load(base_dirs, tmp_path,
     Image.new("RGB", (56, 56), (255, 0, 0)).save(image)
     rows.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>what colour?"},
                                              {"role": "assistant", "content": "red"}], "images": [str(image)]}) + "\n")
-    code = main(["infer", "--model", str(saved), "--val_dataset", str(rows), "--max_new_tokens", "2"])
-    error = capsys.readouterr().err
-    assert code != 0 and "holds no image processor settings" in error and "Traceback" not in error
+    for command in (["infer", "--model", str(saved), "--val_dataset", str(rows), "--max_new_tokens", "2"],
+                    ["sft", "--model", str(saved), "--dataset", str(rows), "--max_steps", "1",
+                     "--output_dir", str(tmp_path / "out")],
+                    ["deploy", "--model", str(saved), "--port", "0"]):
+        code = main(command)
+        error = capsys.readouterr().err
+        assert code != 0 and "holds no image processor settings" in error and "Traceback" not in error, command
+        assert "takes no images" not in error
 
 
 def test_an_audio_model_without_its_feature_extractor_fails_at_load(base_dirs, tmp_path):
