@@ -240,3 +240,14 @@ def test_a_video_is_refused_with_one_line(tmp_path, capsys, base_dirs):
                  "--output_dir", str(tmp_path / "out")])
     error = capsys.readouterr().err
     assert code != 0 and expected in error and "Traceback" not in error
+
+
+def test_an_older_preprocessor_config_naming_a_feature_extractor_still_loads(base_dirs, tmp_path):
+    # 2023-era CLIP settings name both types ("feature_extractor_type": "CLIPFeatureExtractor"): still images.
+    saved = save_in_layout(base_dirs["llava1_5"], tmp_path / "older", "preprocessor_config")
+    settings = json.loads((saved / "preprocessor_config.json").read_text())
+    settings["feature_extractor_type"] = "CLIPFeatureExtractor"
+    (saved / "preprocessor_config.json").write_text(json.dumps(settings))
+    template = bind(saved)
+    assert template.image_processor is not None and template.feature_extractor is None
+    assert template.encode(media_conversation("llava1_5"))["pixel_values"].shape[0] == 1

@@ -68,13 +68,15 @@ def processor_settings_files(model_dir: Path) -> dict[str, str]:
     nested = read_json(processor_file) if processor_file.is_file() else {}
     preprocessor_file = model_dir / "preprocessor_config.json"
     preprocessor = read_json(preprocessor_file) if preprocessor_file.is_file() else {}
+    # preprocessor_config.json holds an image processor or a feature extractor; older image checkpoints name
+    # both types (CLIP's "feature_extractor_type": "CLIPFeatureExtractor"), so the family's modality decides.
     if isinstance(nested.get("image_processor"), dict):
         found["image"] = "processor_config.json (image_processor)"
-    elif preprocessor and "feature_extractor_type" not in preprocessor:
+    elif preprocessor:
         found["image"] = "preprocessor_config.json"
     if isinstance(nested.get("feature_extractor"), dict):
         found["audio"] = "processor_config.json (feature_extractor)"
-    elif "feature_extractor_type" in preprocessor:
+    elif preprocessor:
         found["audio"] = "preprocessor_config.json"
     if isinstance(nested.get("video_processor"), dict):
         found["video"] = "processor_config.json (video_processor)"
@@ -132,7 +134,14 @@ def load_processors(model_dir: Path, family=None, from_pretrained_kwargs: dict |
         processors.processor_config = {k: v for k, v in settings.items() if k not in NESTED_KEYS}
     processors.processor_class = processor_class_name(model_dir)
 
-    if "image" in modalities or ("image" in files and family is None):
+    if family is None:  # no family to say which: what the settings files name
+        preprocessor_file = model_dir / "preprocessor_config.json"
+        preprocessor = read_json(preprocessor_file) if preprocessor_file.is_file() else {}
+        image = "processor_config.json (image_processor)" in files.values() or "image_processor_type" in preprocessor
+        audio = "processor_config.json (feature_extractor)" in files.values() or (
+            "feature_extractor_type" in preprocessor and not image)
+        modalities = ("image",) * image + ("audio",) * audio
+    if "image" in modalities:
         if "image" in files:
             from transformers import AutoImageProcessor
 
@@ -142,7 +151,7 @@ def load_processors(model_dir: Path, family=None, from_pretrained_kwargs: dict |
                 raise _broken(model_dir, "image", files["image"], error) from None
         elif required:
             raise _missing(model_dir, "image", name)
-    if "audio" in modalities or ("audio" in files and family is None):
+    if "audio" in modalities:
         if "audio" in files:
             from transformers import AutoFeatureExtractor
 
