@@ -325,6 +325,10 @@ def detect_format(record) -> str:
 def record_to_conversation(record, base_dir: str | None = None, require_response: bool = True) -> Conversation:
     """Normalise one row of any supported format into a Conversation, checking it can be trained on."""
     row_format = detect_format(record)
+    from swiftlite.video import has_video, video_error
+
+    if isinstance(record, dict) and has_video(record):
+        raise RowError(video_error())
     if row_format == "conversations":
         messages = _conversations_messages(record["conversations"])
     elif row_format == "messages":

@@ -403,6 +403,9 @@ def run_batch(loaded, rows: list, sampling: dict, stop_words, max_batch_size: in
         print(f"[INFO:swiftlite] {skipped + failed} row(s) skipped (pass --strict true to stop at the first)", file=sys.stderr)
     if writer is not None:
         writer.report()
+    if rows and failed == len(rows):
+        # Answering nothing is a failure, not a run that skipped some rows.
+        raise UserError(f"none of the {len(rows)} row(s) could be encoded (see the warnings above)")
 
 
 def run_rows(loaded, rows: list, first_index: int, sampling: dict, stop_words, strict: bool, progress):

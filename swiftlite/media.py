@@ -478,6 +478,10 @@ def content_parts_to_text(parts) -> tuple[str, list, list]:
             # Turn it into a data URL so it flows through the same resolver as every other source.
             audios.append(data if data.startswith("data:") else f"data:audio/{audio_format};base64,{data}")
             pieces.append(AUDIO_PLACEHOLDER)
+        elif kind in ("video_url", "video"):
+            from swiftlite.video import video_error
+
+            raise MediaError(video_error(f"content part {index} (type '{kind}')"))
         else:
             raise MediaError(f"content part {index} has unsupported type '{kind}'")
     return "".join(pieces), images, audios

@@ -18,6 +18,7 @@ from PIL import Image
 
 from swiftlite.conversation import Conversation
 from swiftlite.templates import IGNORE_INDEX
+from swiftlite.testing.layouts import official_processor  # noqa: F401  (the family tests' official side)
 
 RED = Image.new("RGB", (56, 84), (255, 0, 0))
 GREEN = Image.new("RGB", (100, 60), (0, 255, 0))
@@ -169,19 +170,55 @@ def check_train_step(model, template, family=None):
     return loss.item()
 
 
-def check_generate_batch(model, template, image):
-    """engine.generate runs a left-padded batch of an image row and a text row; each equals the row alone."""
+def assert_same_logprobs(first, second, atol: float = 1e-4, what: str = "the two runs"):
+    """Two generation results (swiftlite RowResult, or lists of per-step logprob dicts) agree step by step:
+    the same tokens, each with the same logprob and the same top alternatives within `atol`. On the tiny
+    checkpoints (whose outputs depend on the input, tests/test_tiny_checkpoints.py) a padding, mask or
+    position mistake moves these numbers even where the greedy tokens survive it."""
+    steps_a = getattr(first, "logprobs", first)
+    steps_b = getattr(second, "logprobs", second)
+    assert steps_a and len(steps_a) == len(steps_b), f"{what}: {len(steps_a)} vs {len(steps_b)} steps with logprobs"
+    for index, (a, b) in enumerate(zip(steps_a, steps_b)):
+        assert a["token_id"] == b["token_id"], f"{what}: step {index} chose {a['token_id']} vs {b['token_id']}"
+        assert abs(a["logprob"] - b["logprob"]) <= atol, f"{what}: step {index} logprob {a['logprob']} vs {b['logprob']}"
+        top_a, top_b = a.get("top") or [], b.get("top") or []
+        assert [t for t, _ in top_a] == [t for t, _ in top_b], f"{what}: step {index} top tokens differ"
+        assert all(abs(x - y) <= atol for (_, x), (_, y) in zip(top_a, top_b)), f"{what}: step {index} top logprobs"
+
+
+def assert_same_openai_logprobs(first, second, atol: float = 1e-4, what: str = "the two answers"):
+    """Two OpenAI `logprobs.content` lists (from the SDK) agree token by token within `atol`."""
+    assert first and len(first) == len(second), f"{what}: {len(first)} vs {len(second)} tokens with logprobs"
+    for index, (a, b) in enumerate(zip(first, second)):
+        assert a.token == b.token, f"{what}: token {index} is {a.token!r} vs {b.token!r}"
+        assert abs(a.logprob - b.logprob) <= atol, f"{what}: token {index} logprob {a.logprob} vs {b.logprob}"
+        assert [t.token for t in a.top_logprobs] == [t.token for t in b.top_logprobs], f"{what}: token {index} top"
+        assert all(abs(x.logprob - y.logprob) <= atol for x, y in zip(a.top_logprobs, b.top_logprobs))
+
+
+def check_generate_batch(model, template, image, text_row_atol: float = 1e-4):
+    """engine.generate runs a left-padded batch of an image row and a text row; each equals the row alone,
+    step by step in logprobs, not only in tokens. `text_row_atol`: the tolerance for the text row, for
+    architectures where transformers itself computes a text row differently next to an image row."""
     from swiftlite.engine.generate import SamplingParams, generate
 
     rows = [template.encode(Conversation([{"role": "user", "content": "<image>what colour is it?"}], [image])),
             template.encode(Conversation([{"role": "user", "content": "hello world"}]))]
-    results = generate(model, template, rows, [SamplingParams(max_new_tokens=5, temperature=0) for _ in rows])
+
+    def params():
+        return SamplingParams(max_new_tokens=5, temperature=0, logprobs=True, top_logprobs=3)
+
+    results = generate(model, template, rows, [params() for _ in rows])
     assert len(results) == 2
     for row, result in zip(rows, results):
         assert result.prompt_tokens == len(row["input_ids"])
         assert result.finish_reason in ("stop", "length") and len(result.token_ids) <= 5
-        alone = generate(model, template, [row], [SamplingParams(max_new_tokens=5, temperature=0)])[0]
+        alone = generate(model, template, [row], [params()])[0]
         assert alone.token_ids == result.token_ids
+        atol = 1e-4 if "pixel_values" in row else text_row_atol
+        assert_same_logprobs(result, alone, atol=atol, what="batched row vs the row alone")
+    # The two rows' first steps differ, so a row answered from the wrong prompt would be seen.
+    assert results[0].logprobs[0]["top"] != results[1].logprobs[0]["top"]
     return results
 
 

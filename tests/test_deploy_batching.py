@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from family_checks import assert_same_openai_logprobs
 from test_deploy_support import make_lora, metric, running_server
 
 
@@ -53,7 +54,10 @@ def test_batched_greedy_answers_equal_the_same_requests_alone(family_server, sha
 
     def answer(request):
         response = client.chat.completions.create(temperature=0, logprobs=True, **request)
-        return [[step.token for step in choice.logprobs.content] for choice in response.choices]
+        return [choice.logprobs.content for choice in response.choices]
+
+    def tokens(answers):
+        return [[step.token for step in choice] for choice in answers]
 
     alone = [answer(request) for request in requests]
     singles_before, batches_before = batch_histogram(server)
@@ -68,9 +72,12 @@ def test_batched_greedy_answers_equal_the_same_requests_alone(family_server, sha
     singles_after, batches_after = batch_histogram(server)
     assert batches_after - batches_before < len(requests)  # some requests did share a batch
     assert batches_after - batches_before > singles_after - singles_before
-    assert batched == alone
-    assert alone[4][0] == alone[4][1]  # greedy: both choices of the n=2 request agree
-    assert alone[0] != alone[2]  # the adapter does change the answer
+    for index, (together_answer, alone_answer) in enumerate(zip(batched, alone)):
+        assert tokens(together_answer) == tokens(alone_answer)
+        for choice_together, choice_alone in zip(together_answer, alone_answer):  # and step by step in logprobs
+            assert_same_openai_logprobs(choice_together, choice_alone, what=f"request {index} batched vs alone")
+    assert tokens(alone[4])[0] == tokens(alone[4])[1]  # greedy: both choices of the n=2 request agree
+    assert tokens(alone[0]) != tokens(alone[2])  # the adapter does change the answer
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ def test_pan_and_scan_crops_follow_the_processor_setting(checkpoint):
     from swiftlite.conversation import Conversation
 
     tokenizer = load_tokenizer(checkpoint)
-    tokenizer.swiftlite_image_processor.do_pan_and_scan = True
-    tokenizer.swiftlite_image_processor.pan_and_scan_min_crop_size = 8
+    tokenizer.swiftlite_processors.image_processor.do_pan_and_scan = True
+    tokenizer.swiftlite_processors.image_processor.pan_and_scan_min_crop_size = 8
     template = get_template("gemma3-vision", tokenizer)
     processor = AutoProcessor.from_pretrained(checkpoint)
     conversation = Conversation([{"role": "user", "content": "<image>describe"}], [GREEN.resize((200, 50))])

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
-                           check_prefixes, check_tiny_checkpoint, check_train_step, training_conversation)
+                           check_prefixes, check_tiny_checkpoint, check_train_step, official_processor,
+                           training_conversation)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
 from swiftlite.templates import IGNORE_INDEX, get_template
+from swiftlite.testing.tiny import fixture_chat_template
 
 FAMILY = FAMILIES["glm4_1v"]
 
@@ -24,23 +26,9 @@ def checkpoint(tmp_path_factory):
     return build_tiny_checkpoint("glm4_1v", tmp_path_factory.mktemp("glm4_1v") / "tiny")
 
 
-def official_processor(tokenizer):
-    from transformers import Glm4vProcessor
-
-    # Glm4vProcessor insists on a torchvision video processor, which this CPU environment cannot have; images
-    # never touch it, so we build it with the official image processor and no video one.
-    class ImageOnlyGlm4vProcessor(Glm4vProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
-    return ImageOnlyGlm4vProcessor(image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer,
-                                   video_processor=None, chat_template=tokenizer.chat_template)
-
-
 @pytest.fixture(scope="module")
 def bound(checkpoint):
-    return get_template("glm4_1v", load_tokenizer(checkpoint)), official_processor(load_tokenizer(checkpoint))
+    return get_template("glm4_1v", load_tokenizer(checkpoint)), official_processor(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +66,8 @@ def test_tiny_checkpoint_carries_the_real_facts(checkpoint):
                 "video_start_token_id", "video_end_token_id"):
         assert getattr(config, key) - first == facts["config"][key] - 151329, key
     assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
-    assert tokenizer.chat_template == (checkpoint / "chat_template.jinja").read_text()
+    # The official template (fixtures/ holds the hub file), not the directory compared with itself.
+    assert tokenizer.chat_template.strip() == fixture_chat_template("glm4v").strip()
 
 
 @pytest.mark.parametrize("case", list(BATTERY))

@@ -8,30 +8,11 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
-                           check_prefixes, check_tiny_checkpoint, check_train_step)
+                           check_prefixes, check_tiny_checkpoint, check_train_step, official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer
 from swiftlite.templates import get_template
-
-
-def official_processor(checkpoint_dir, tokenizer):
-    from transformers import LlavaOnevisionProcessor
-
-    # The official processor insists on a torchvision video processor, which this CPU environment cannot have;
-    # images never touch it, so we build it with the official image processor and no video one.
-    class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
-    settings = json.loads((checkpoint_dir / "processor_config.json").read_text())
-    return ImageOnlyLlavaOnevisionProcessor(
-        image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer, video_processor=None,
-        chat_template=tokenizer.chat_template, num_image_tokens=settings["num_image_tokens"],
-        vision_feature_select_strategy=settings["vision_feature_select_strategy"],
-        vision_aspect_ratio=settings["vision_aspect_ratio"],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +25,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bound(checkpoint):
     tokenizer = load_tokenizer(checkpoint)
-    return get_template("llava-onevision-qwen", tokenizer), official_processor(checkpoint, tokenizer)
+    return get_template("llava-onevision-qwen", tokenizer), official_processor(checkpoint)
 
 
 def test_registry_entries():

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from family_checks import (BATTERY, GREEN, RED, assert_same_tensor, check_generate_batch, check_generation_prompt,
-                           check_labels, check_prefixes, check_tiny_checkpoint, check_train_step, official_encode)
+                           check_labels, check_prefixes, check_tiny_checkpoint, check_train_step, official_encode,
+                           official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -33,28 +34,18 @@ def checkpoints(tmp_path_factory):
     return {version: build_tiny_checkpoint("minicpm_v", root / version, version=version) for version in VERSIONS}
 
 
-def official_processor(version, tokenizer):
-    import transformers
-
-    base = getattr(transformers, f"MiniCPMV{version.replace('.', '_')}Processor")
-
+def minicpm_processor(version, checkpoint_dir):
     # The processors insist on a torchvision video processor, which this CPU environment cannot have, and read
     # its slice_mode and downsample_mode at construction; images never touch it otherwise, so a stand-in with
     # those two settings takes its place.
-    class ImageOnlyProcessor(base):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
     video = SimpleNamespace(slice_mode=True, downsample_mode="16x")
-    return ImageOnlyProcessor(image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer,
-                              video_processor=video, chat_template=tokenizer.chat_template)
+    return official_processor(checkpoint_dir, f"MiniCPMV{version.replace('.', '_')}Processor", video_processor=video)
 
 
 @pytest.fixture(scope="module")
 def bounds(checkpoints):
     return {version: (get_template("minicpm_v", load_tokenizer(directory)),
-                      official_processor(version, load_tokenizer(directory)))
+                      minicpm_processor(version, directory))
             for version, directory in checkpoints.items()}
 
 

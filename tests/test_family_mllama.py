@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, GREEN, RED, assert_same_tensor, check_generate_batch, check_labels,
-                           check_prefixes, check_train_step, official_encode, official_messages)
+                           check_prefixes, check_train_step, official_encode, official_messages, official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -26,13 +26,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bound(checkpoint):
-    from transformers import MllamaProcessor
-
-    tokenizer = load_tokenizer(checkpoint)
-    official_tokenizer = load_tokenizer(checkpoint)
-    processor = MllamaProcessor(image_processor=official_tokenizer.swiftlite_image_processor,
-                                tokenizer=official_tokenizer, chat_template=official_tokenizer.chat_template)
-    return get_template("llama3_2-vision", tokenizer), processor
+    return get_template("llama3_2-vision", load_tokenizer(checkpoint)), official_processor(checkpoint)
 
 
 def test_registry_entries(checkpoint):
@@ -131,5 +125,8 @@ def test_train_step_generate_and_prefixes(checkpoint, bound):
     family = FAMILIES["mllama"]
     model = load_model(checkpoint, family, torch.float32, device="cpu")
     check_train_step(model, template, family)
-    check_generate_batch(model, template, GREEN)
+    # transformers' Mllama runs its cross-attention layers for a text-only row when the batch carries images
+    # (over the filler image, fully masked, yet gated into the residual) and skips them for the row alone, so
+    # the text row's logprobs move by a few 1e-3 next to an image row (measured 6e-3; tokens unchanged).
+    check_generate_batch(model, template, GREEN, text_row_atol=2e-2)
     check_prefixes(model, family)

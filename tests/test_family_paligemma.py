@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from family_checks import BLUE, GREEN, RED, check_generate_batch, check_prefixes
+from family_checks import BLUE, GREEN, RED, check_generate_batch, check_prefixes, official_processor
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -33,14 +33,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bound(checkpoint):
-    from transformers import PaliGemmaProcessor
-
-    tokenizer = load_tokenizer(checkpoint)
-    # The official processor, built from the checkpoint's own tokenizer and image processor.
-    official_tokenizer = load_tokenizer(checkpoint)
-    processor = PaliGemmaProcessor(image_processor=official_tokenizer.swiftlite_image_processor,
-                                   tokenizer=official_tokenizer)
-    return get_template("paligemma", tokenizer), processor
+    # The official processor, built by transformers from the saved directory.
+    return get_template("paligemma", load_tokenizer(checkpoint)), official_processor(checkpoint)
 
 
 def conversation(text, images, reply):

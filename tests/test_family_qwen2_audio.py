@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from family_checks import check_prefixes
+from family_checks import check_prefixes, official_processor
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -79,12 +79,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bound(checkpoint):
-    from transformers import Qwen2AudioProcessor
-
-    tokenizer = load_tokenizer(checkpoint)
-    processor = Qwen2AudioProcessor(feature_extractor=tokenizer.swiftlite_feature_extractor, tokenizer=tokenizer,
-                                    chat_template=tokenizer.chat_template)
-    return get_template("qwen2-audio", tokenizer), processor
+    return get_template("qwen2-audio", load_tokenizer(checkpoint)), official_processor(checkpoint)
 
 
 @pytest.fixture(scope="module")

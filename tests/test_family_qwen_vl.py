@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from family_checks import (BATTERY, BLUE, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
-                           check_prefixes, check_train_step)
+                           check_prefixes, check_train_step, official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
 from swiftlite.templates import get_template
+from swiftlite.testing.tiny import fixture_chat_template
 
 VL_FAMILIES = ("qwen2_5-vl", "qwen3-vl")
 PROCESSOR_CLASS = {"qwen2_5-vl": "Qwen2_5_VLProcessor", "qwen3-vl": "Qwen3VLProcessor"}
@@ -25,28 +26,12 @@ def checkpoints(tmp_path_factory):
     return {family: build_tiny_checkpoint(family, root / family) for family in VL_FAMILIES}
 
 
-def official_processor(family, tokenizer):
-    import transformers
-
-    base = getattr(transformers, PROCESSOR_CLASS[family])
-
-    # The official processors insist on a torchvision video processor, which this CPU environment cannot have;
-    # images never touch it, so we build them with the official image processor and no video one.
-    class ImageOnlyProcessor(base):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
-    return ImageOnlyProcessor(image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer,
-                              video_processor=None, chat_template=tokenizer.chat_template)
-
-
 @pytest.fixture(scope="module")
 def bound(checkpoints):
     bound = {}
     for family, directory in checkpoints.items():
         tokenizer = load_tokenizer(directory)
-        bound[family] = (get_template(FAMILIES[family].template, tokenizer), official_processor(family, tokenizer))
+        bound[family] = (get_template(FAMILIES[family].template, tokenizer), official_processor(directory))
     return bound
 
 
@@ -144,4 +129,6 @@ def test_checkpoint_carries_the_real_facts(checkpoints, family, fixture):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         assert getattr(config, key) - first == facts["config"][key] - 151643, key
-    assert tokenizer.chat_template == (checkpoints[family] / "chat_template.jinja").read_text()
+    # The official template (fixtures/ holds the hub file), not the directory compared with itself.
+    fixture = {"qwen2_5-vl": "qwen2.5-vl", "qwen3-vl": "qwen3-vl"}[family]
+    assert tokenizer.chat_template.strip() == fixture_chat_template(fixture).strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from family_checks import assert_same_logprobs
 from swiftlite.conversation import conversation_from_query
 from swiftlite.engine.generate import SamplingParams, generate
 from swiftlite.models.checkpoint import load_for_inference
@@ -25,10 +26,12 @@ def rows_for(template, shape_images):
 def test_greedy_batch_equals_each_row_alone_and_plain_generate(loaded, shape_images, family):
     model, template = loaded[family].model, loaded[family].template
     rows = rows_for(template, shape_images)
-    batched = generate(model, template, rows, [SamplingParams(max_new_tokens=6, temperature=0) for _ in rows])
+    greedy = dict(max_new_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    batched = generate(model, template, rows, [SamplingParams(**greedy) for _ in rows])
     for row, result in zip(rows, batched):
-        alone = generate(model, template, [row], [SamplingParams(max_new_tokens=6, temperature=0)])[0]
+        alone = generate(model, template, [row], [SamplingParams(**greedy)])[0]
         assert result.token_ids == alone.token_ids
+        assert_same_logprobs(result, alone, what="batched row vs the row alone")  # padding moves logprobs first
         batch = template.collate([row], padding_side="left")
         plain = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=template.pad_token_id,
                                eos_token_id=template.stop_token_ids(model.generation_config))

@@ -353,7 +353,9 @@ def test_content_parts_every_type():
 
 def test_content_parts_string_and_errors():
     assert content_parts_to_text("x<img>a.png</img>") == ("x<image>", ["a.png"], [])
-    with pytest.raises(MediaError, match=r"content part 1 has unsupported type 'video_url'"):
+    with pytest.raises(MediaError, match=r"content part 1 has unsupported type 'input_file'"):
+        content_parts_to_text([{"type": "text", "text": "hi"}, {"type": "input_file", "input_file": {"url": "v"}}])
+    with pytest.raises(MediaError, match=r"content part 1 \(type 'video_url'\): video"):
         content_parts_to_text([{"type": "text", "text": "hi"}, {"type": "video_url", "video_url": {"url": "v"}}])
     with pytest.raises(MediaError, match=r"content part 0 \(type 'image_url'\)"):
         content_parts_to_text([{"type": "image_url", "image_url": {}}])

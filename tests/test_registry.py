@@ -63,7 +63,7 @@ def test_get_model_tokenizer_loads_a_user_directory(tiny_family):
     family, directory = tiny_family
     model, tokenizer = get_model_tokenizer(model_id_or_path=str(directory), torch_dtype="fp32")
     assert type(model).__name__ == FAMILIES[family].architectures[0]
-    assert tokenizer.swiftlite_image_processor is not None and tokenizer.chat_template
+    assert tokenizer.swiftlite_processors.image_processor is not None and tokenizer.chat_template
     assert not model.training
 
 

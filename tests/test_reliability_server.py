@@ -38,9 +38,19 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def deployed(qwen2_vl_dir):
+def never_stopping_dir(qwen2_vl_dir, tmp_path_factory):
+    from swiftlite.testing.tiny import never_stopping_copy
+
+    # Long answers that end only when their client leaves or the server stops them (the tiny model would
+    # otherwise stop by itself).
+    return never_stopping_copy(qwen2_vl_dir, tmp_path_factory.mktemp("never_stopping") / "qwen2-vl")
+
+
+@pytest.fixture(scope="module")
+def deployed(never_stopping_dir):
+    model = never_stopping_dir
     # One OpenMP thread: on the shared 2-core machine, two spinning threads against the client slow every step.
-    process, url = soak.start_server(str(qwen2_vl_dir), "--max_new_tokens", "8", "--shutdown_timeout",
+    process, url = soak.start_server(str(model), "--max_new_tokens", "8", "--shutdown_timeout",
                                      str(SHUTDOWN_TIMEOUT), threads=1)
     try:
         yield Served(process, url)
@@ -200,12 +210,12 @@ def test_sigterm_stops_accepting_finishes_in_flight_requests_and_exits_0(deploye
     assert time.monotonic() - signalled < SHUTDOWN_TIMEOUT  # nothing was left to wait for: no need for the bound
 
 
-def test_requests_still_queued_when_the_shutdown_bound_passes_get_a_503(qwen2_vl_dir):
+def test_requests_still_queued_when_the_shutdown_bound_passes_get_a_503(never_stopping_dir):
     """Past --shutdown_timeout the running stream ends with finish_reason "abort" and [DONE]; a request still
     queued behind it was never started and gets 503 shutting_down (retryable elsewhere), not a 500."""
     from test_deploy_support import running_server
 
-    with running_server(model=str(qwen2_vl_dir), max_batch_size=1) as server:
+    with running_server(model=str(never_stopping_dir), max_batch_size=1) as server:
         url, engine = server.base_url + "/chat/completions", server.app.state.server.engine
         queued_answer = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from family_checks import BATTERY, check_generation_prompt, check_labels
+from family_checks import BATTERY, check_generation_prompt, check_labels, official_processor
 from swiftlite.conversation import Conversation
 from swiftlite.models.loading import load_tokenizer
 from swiftlite.templates import get_template
@@ -21,33 +21,13 @@ CHECKED = {"qwen2-vl": dict(media_keys=("pixel_values", "image_grid_thw"), seque
            "llava1_5": dict(media_keys=("pixel_values",))}
 
 
-def official_processor(family: str, checkpoint_dir, tokenizer):
-    if family == "llava1_5":
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(checkpoint_dir)
-    from transformers import Qwen2VLProcessor
-
-    # Qwen2VLProcessor insists on a torchvision video processor, which this CPU environment cannot have;
-    # images never touch it, so we build the processor with the official image processor and no video one.
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name != "video_processor":
-                return super().check_argument_for_proper_class(argument_name, argument)
-
-    return ImageOnlyQwen2VLProcessor(
-        image_processor=tokenizer.swiftlite_image_processor, tokenizer=tokenizer, video_processor=None,
-        chat_template=tokenizer.chat_template,
-    )
-
-
 @pytest.fixture(scope="module")
 def bound(tiny_checkpoints):
     bound = {}
     for family, directory in tiny_checkpoints.items():
         tokenizer = load_tokenizer(directory)
         template = get_template(TEMPLATE_OF[family], tokenizer)
-        bound[family] = (template, official_processor(family, directory, tokenizer))
+        bound[family] = (template, official_processor(directory))
     return bound
 
 

@@ -43,8 +43,12 @@ def test_static_files_name_no_external_url():
 # ---- one server, one browser -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(qwen2_vl_dir, tmp_path_factory):
-    adapter = make_lora(qwen2_vl_dir, tmp_path_factory.mktemp("web_ui") / "style", seed=3)
-    with running_server(model=str(qwen2_vl_dir), lora_modules=[f"{ADAPTER}={adapter}"], api_key=KEY,
+    from swiftlite.testing.tiny import never_stopping_copy
+
+    # Answers that run to max_tokens (the page's "cut at max tokens" note, Stop on a long answer).
+    model = never_stopping_copy(qwen2_vl_dir, tmp_path_factory.mktemp("web_ui") / "qwen2-vl")
+    adapter = make_lora(model, tmp_path_factory.mktemp("web_ui") / "style", seed=3)
+    with running_server(model=str(model), lora_modules=[f"{ADAPTER}={adapter}"], api_key=KEY,
                         max_new_tokens=16) as running:
         yield running
 

@@ -182,42 +182,25 @@ def check_requirements(family: ModelFamily | None) -> dict:
 
 
 def load_tokenizer(model_dir: Path, family: ModelFamily | None = None):
-    """Tokenizer with the checkpoint's processors attached (templates read them from it).
+    """The tokenizer, carrying the checkpoint's processors (`tokenizer.swiftlite_processors`, read by templates).
 
-    We load the tokenizer and the image processor separately instead of AutoProcessor: AutoProcessor needs
-    torchvision for Qwen2-VL (its video processor), which not every install has. The image processors'
-    PIL backend is used when torchvision is absent and the torchvision one when present.
+    The processors are loaded part by part as transformers loads them (swiftlite.models.processors): an image
+    or audio model without its processor fails here with one line naming the file and the fix.
     """
     from transformers import AutoTokenizer
+
+    from swiftlite.models.processors import load_processors
 
     model_dir = Path(model_dir)
     remote = check_requirements(family)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, **remote)
+    processors = load_processors(model_dir, family, remote)
     if getattr(tokenizer, "chat_template", None) is None:
-        tokenizer.chat_template = _chat_template_from_files(model_dir)
-    if (model_dir / "preprocessor_config.json").is_file():
-        settings = json.loads((model_dir / "preprocessor_config.json").read_text())
-        if "image_processor_type" in settings:
-            from transformers import AutoImageProcessor
-
-            tokenizer.swiftlite_image_processor = AutoImageProcessor.from_pretrained(model_dir, **remote)
-        if "feature_extractor_type" in settings:
-            from transformers import AutoFeatureExtractor
-
-            tokenizer.swiftlite_feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, **remote)
-    if (model_dir / "processor_config.json").is_file():
-        tokenizer.swiftlite_processor_config = json.loads((model_dir / "processor_config.json").read_text())
+        tokenizer.chat_template = processors.chat_template
+    tokenizer.swiftlite_processors = processors
     tokenizer.swiftlite_model_config = read_config(model_dir)
     tokenizer.swiftlite_model_dir = str(model_dir)
     return tokenizer
-
-
-def _chat_template_from_files(model_dir: Path) -> str | None:
-    if (model_dir / "chat_template.jinja").is_file():
-        return (model_dir / "chat_template.jinja").read_text()
-    if (model_dir / "chat_template.json").is_file():
-        return json.loads((model_dir / "chat_template.json").read_text()).get("chat_template")
-    return None
 
 
 def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_map=None, device: str | None = None,

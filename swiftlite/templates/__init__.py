@@ -33,10 +33,14 @@ def get_template_meta(template_type: str) -> TemplateMeta:
 
 
 def get_template(template_type: str, tokenizer, **settings) -> Template:
-    """Bind a template to a tokenizer. Processors attached by `get_model_tokenizer` are picked up from it."""
-    for name in ("image_processor", "feature_extractor", "processor_config", "model_config"):
-        if name not in settings and getattr(tokenizer, f"swiftlite_{name}", None) is not None:
-            settings[name] = getattr(tokenizer, f"swiftlite_{name}")
+    """Bind a template to a tokenizer. The processors `load_tokenizer` attached to it are picked up from it."""
+    processors = getattr(tokenizer, "swiftlite_processors", None)
+    if processors is not None:
+        for name in ("image_processor", "feature_extractor", "video_processor", "processor_class", "processor_config"):
+            if name not in settings and getattr(processors, name) is not None:
+                settings[name] = getattr(processors, name)
+    if "model_config" not in settings and getattr(tokenizer, "swiftlite_model_config", None) is not None:
+        settings["model_config"] = tokenizer.swiftlite_model_config
     return Template(get_template_meta(template_type), tokenizer, **settings)
 
 

@@ -104,6 +104,16 @@ class TemplateMeta:
     # Tokens that also end a reply, beyond eos and end_of_turn: where a template closes no turn, the model ends
     # its reply by starting the next turn (GLM-4.1V: `<|user|>`, `<|observation|>`).
     stop_tokens: tuple[str, ...] = ()
+    # Encode through the checkpoint's official processor: its __call__ expands the media placeholders and
+    # returns the pixel values, grids, mm_token_type_ids and the like, so the family file needs no expansion
+    # rule; the labels found on the render are carried over to the processor's tokens (see _carry_labels).
+    processor_call: bool = False
+    # processor_defaults(template) -> processor settings read from config.json where processor_config.json
+    # lacks them (checkpoints saved before processors had settings of their own, e.g. LLaVA's patch_size).
+    processor_defaults: Callable[["Template"], dict] | None = None
+    # processor_kwargs(template) -> keyword arguments for each processor call: the checkpoint's settings that
+    # the processor's own call defaults would override (Gemma 3's pan-and-scan).
+    processor_kwargs: Callable[["Template"], dict] | None = None
 
 
 class Template:
@@ -115,6 +125,8 @@ class Template:
         tokenizer,
         image_processor=None,
         feature_extractor=None,
+        video_processor=None,
+        processor_class: str | None = None,
         processor_config: dict | None = None,
         model_config: dict | None = None,
         chat_template: str | None = None,
@@ -127,6 +139,9 @@ class Template:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.feature_extractor = feature_extractor
+        self.video_processor = video_processor
+        self.processor_class = processor_class
+        self._processor = None
         self.processor_config = processor_config or {}
         self.model_config = model_config or {}
         self.chat_template = (chat_template or meta.chat_template_override or getattr(tokenizer, "chat_template", None)
@@ -270,6 +285,10 @@ class Template:
         if conversation.system is not None and not self.meta.supports_system:
             raise TemplateError(f"template {self.meta.name!r} has no system prompt")
         check_media_count(conversation.texts(), conversation.images, conversation.audios)
+        if any("<video>" in text for text in conversation.texts() if text):
+            from swiftlite.video import video_error
+
+            raise TemplateError(video_error())
         if self.meta.max_images is not None and len(conversation.images) > self.meta.max_images:
             raise TemplateError(
                 f"template {self.meta.name!r} takes at most {self.meta.max_images} image(s), got {len(conversation.images)}"
@@ -297,6 +316,8 @@ class Template:
         return self.encode_text(text, images, audios, [])
 
     def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]]) -> dict[str, Any]:
+        if self.meta.processor_call:
+            return self._encode_with_processor(text, images, audios, spans)
         inline: dict = {}
         if self.meta.inline_media and (images or audios):
             text, spans, inline = self._inline_media(text, spans, {"image": list(images), "audio": list(audios)})
@@ -333,11 +354,100 @@ class Template:
             row.update(self.meta.row_inputs(self, row))
         return row
 
+    @property
+    def processor(self):
+        """The checkpoint's official processor (built once, from the parts loaded with the tokenizer)."""
+        if self._processor is None:
+            from swiftlite.models.processors import build_processor
+
+            if self.image_processor is None and self.feature_extractor is None:
+                raise TemplateError(f"template {self.meta.name!r} has no processor loaded for this checkpoint")
+            settings = dict(self.meta.processor_defaults(self)) if self.meta.processor_defaults else {}
+            settings.update(self.processor_config)
+            loaded = getattr(self.tokenizer, "swiftlite_processors", None)
+            processor_class = self.processor_class or getattr(loaded, "processor_class", None)
+            self._processor = build_processor(processor_class, self.tokenizer, settings,
+                                              image_processor=self.image_processor,
+                                              feature_extractor=self.feature_extractor,
+                                              video_processor=self.video_processor)
+        return self._processor
+
+    def _encode_with_processor(self, text: str, images: list, audios: list, spans) -> dict[str, Any]:
+        """The official processor's __call__ on the rendered text; labels carried over from our tokenization."""
+        if images and (self.image_processor is None or not self.meta.image_token):
+            raise TemplateError(f"template {self.meta.name!r} takes no images")
+        if audios and (self.feature_extractor is None or not self.meta.audio_token):
+            raise TemplateError(f"template {self.meta.name!r} takes no audio")
+        encoded = self.tokenizer(text, add_special_tokens=self.meta.add_special_tokens, return_offsets_mapping=True)
+        rendered_ids = list(encoded["input_ids"])
+        labels, insert_eos_after = self._label_tokens(text, rendered_ids, encoded["offset_mapping"], spans)
+        media: dict[str, Any] = {}
+        if images:
+            media["images"] = self.load_images(images)
+        if audios:
+            rate = getattr(self.feature_extractor, "sampling_rate", 16000)
+            media["audio"] = [load_audio(source, self.media_policy, sampling_rate=rate) for source in audios]
+        if self.meta.processor_kwargs:
+            media.update(self.meta.processor_kwargs(self))
+        outputs = self.processor(text=[text], return_tensors="pt", add_special_tokens=self.meta.add_special_tokens,
+                                 **media)
+        input_ids = outputs["input_ids"][0].tolist()
+        labels, moved = self._carry_labels(rendered_ids, labels, input_ids)
+        sequences = {key: outputs[key][0].tolist() for key in self.meta.sequence_keys if key in outputs}
+        eos_id = self.tokenizer.eos_token_id
+        for index in sorted((moved[i] for i in insert_eos_after), reverse=True):
+            input_ids.insert(index + 1, eos_id)
+            labels.insert(index + 1, eos_id)
+            for key, values in sequences.items():
+                values.insert(index + 1, self.meta.sequence_keys[key])
+        row: dict[str, Any] = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
+        if spans:
+            row["labels"] = labels
+        row.update(sequences)
+        skipped = {"input_ids", "attention_mask", *self.meta.sequence_keys, *self.meta.unused_image_keys}
+        row.update({key: value for key, value in outputs.items() if key not in skipped and value is not None})
+        if self.meta.row_inputs:
+            row.update(self.meta.row_inputs(self, row))
+        return row
+
+    def _carry_labels(self, rendered_ids: list[int], labels: list[int], input_ids: list[int]):
+        """Labels on the processor's tokens: the processor only rewrites the media placeholders, so aligning its
+        tokens with the render's carries each labelled token over. A labelled token the processor changed means
+        the two disagree about the reply: fail loudly rather than train on the wrong tokens.
+
+        Returns the new labels and, for each rendered token, its index in `input_ids` (None where rewritten)."""
+        import difflib
+
+        new_labels = [IGNORE_INDEX] * len(input_ids)
+        moved: list[int | None] = [None] * len(rendered_ids)
+        matcher = difflib.SequenceMatcher(None, rendered_ids, input_ids, autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                for offset in range(i2 - i1):
+                    new_labels[j1 + offset] = labels[i1 + offset]
+                    moved[i1 + offset] = j1 + offset
+            elif any(label != IGNORE_INDEX for label in labels[i1:i2]):
+                raise TemplateError(
+                    f"template {self.meta.name!r}: the official processor changed tokens of an assistant reply "
+                    "(not only the media placeholders), so the reply cannot be located for the loss. Please report "
+                    "this checkpoint's processor."
+                )
+        return new_labels, moved
+
     def _labels(self, text, input_ids, offsets, spans) -> list[int]:
+        labels, insert_eos_after = self._label_tokens(text, input_ids, offsets, spans)
+        eos_id = self.tokenizer.eos_token_id
+        for index in reversed(insert_eos_after):
+            input_ids.insert(index + 1, eos_id)
+            labels.insert(index + 1, eos_id)
+        return labels
+
+    def _label_tokens(self, text, input_ids, offsets, spans) -> tuple[list[int], list[int]]:
+        """Labels on the tokens of each assistant span, and the token indices after which an eos must be
+        inserted (replies the official template closes with no end-of-turn token)."""
         labels = [IGNORE_INDEX] * len(input_ids)
         if not spans:
-            return labels
-        eos_id = self.tokenizer.eos_token_id
+            return labels, []
         insert_eos_after: list[int] = []
         for start, end in spans:
             reply = text[start:end]
@@ -356,10 +466,7 @@ class Template:
                 raise TemplateError("an assistant reply is empty after tokenization")
             if needs_eos:
                 insert_eos_after.append(last)
-        for index in reversed(insert_eos_after):
-            input_ids.insert(index + 1, eos_id)
-            labels.insert(index + 1, eos_id)
-        return labels
+        return labels, insert_eos_after
 
     def _inline_media(self, text, spans, media: dict):
         """Write each inline-media placeholder's source into the rendered text (meta.inline_media formats);

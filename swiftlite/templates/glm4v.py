@@ -1,8 +1,8 @@
 """GLM-4.1V: the checkpoint's own template, `[gMASK]<sop>` then `<|system|>`/`<|user|>`/`<|assistant|>` turns;
 each image is `<|begin_of_image|><|image|><|end_of_image|>`.
 
-Official rule (Glm4vProcessor.replace_image_token): `<|image|>` x grid_t*grid_h*grid_w // merge_size**2, with
-14-px patches merged 2x2 (28-px units, as Qwen2-VL); mm_token_type_ids (1 on image tokens) drive M-RoPE.
+Encoded through Glm4vProcessor: `<|image|>` x grid_t*grid_h*grid_w // merge_size**2 (14-px patches merged 2x2),
+and the mm_token_type_ids (1 on image tokens) that drive M-RoPE.
 
 The template prints system and assistant contents as raw strings (only user turns take content-part lists), so
 those two roles are given plain strings.
@@ -18,18 +18,6 @@ text is the reply and is returned as generated.
 from swiftlite.templates.base import TemplateMeta
 
 
-def num_image_tokens(template, image_inputs: dict, index: int) -> int:
-    merge_size = getattr(template.image_processor, "merge_size", 2)
-    return int(image_inputs["image_grid_thw"][index].prod()) // merge_size**2
-
-
-def mm_token_type_ids(template, input_ids: list[int]) -> dict:
-    # Glm4vProcessor.create_mm_token_type_ids: 1 on `<|image|>` tokens of images (2 inside video segments, which
-    # swiftlite does not send). Without it, transformers falls back to 1-D positions.
-    image_id = template.token_id("<|image|>")
-    return {"mm_token_type_ids": [1 if t == image_id else 0 for t in input_ids]}
-
-
 GLM4V_TEMPLATE = TemplateMeta(
     name="glm4_1v",
     image_token="<|image|>",
@@ -37,8 +25,7 @@ GLM4V_TEMPLATE = TemplateMeta(
     end_of_turn=None,
     # The render starts with `[gMASK]<sop>` already; the tokenizer must not add them again.
     add_special_tokens=False,
-    num_image_tokens=num_image_tokens,
-    extra_inputs=mm_token_type_ids,
+    processor_call=True,  # Glm4vProcessor expands `<|image|>` and returns grids and mm_token_type_ids
     sequence_keys={"mm_token_type_ids": 0},
     string_content_roles=("system", "assistant"),
     stop_tokens=("<|user|>", "<|observation|>"),

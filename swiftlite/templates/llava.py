@@ -1,21 +1,14 @@
-"""LLaVA-1.5 (llava-hf): `USER: <image>\n... ASSISTANT:`; a fixed number of `<image>` tokens per image."""
+"""LLaVA-1.5 (llava-hf): `USER: <image>\n... ASSISTANT:`, encoded through LlavaProcessor (a fixed number of
+`<image>` tokens per image: the patches of the processed image, plus CLS unless the 'default' strategy drops it)."""
 
 from swiftlite.templates.base import TemplateMeta
 
 
-def num_image_tokens(template, image_inputs: dict, index: int) -> int:
-    # Official rule (LlavaProcessor.replace_image_token): patches of the processed image, plus the CLS token
-    # unless the 'default' feature strategy drops it.
-    settings = template.processor_config
+def processor_defaults(template) -> dict:
+    # Checkpoints saved before processors had settings of their own: the model config says the same.
     vision = template.model_config.get("vision_config", {})
-    patch_size = settings.get("patch_size") or vision.get("patch_size", 14)
-    additional = settings.get("num_additional_image_tokens", 1)
-    strategy = settings.get("vision_feature_select_strategy") or template.model_config.get(
-        "vision_feature_select_strategy", "default"
-    )
-    height, width = image_inputs["pixel_values"][index].shape[-2:]
-    count = (height // patch_size) * (width // patch_size) + additional
-    return count - 1 if strategy == "default" else count
+    return {"patch_size": vision.get("patch_size", 14), "num_additional_image_tokens": 1,
+            "vision_feature_select_strategy": template.model_config.get("vision_feature_select_strategy", "default")}
 
 
 LLAVA_1_5_TEMPLATE = TemplateMeta(
@@ -24,5 +17,6 @@ LLAVA_1_5_TEMPLATE = TemplateMeta(
     raw_image_text="<image>\n",
     end_of_turn=None,  # the official template closes no turn: training appends </s> after each reply
     add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
-    num_image_tokens=num_image_tokens,
+    processor_call=True,
+    processor_defaults=processor_defaults,
 )

@@ -1,4 +1,5 @@
-"""LLaVA-NeXT (llava-hf v1.6): the checkpoint's own chat template, `<image>` expanded by the anyres rule.
+"""LLaVA-NeXT (llava-hf v1.6): the checkpoint's own chat template, encoded through LlavaNextProcessor (the
+anyres expansion of `<image>`).
 
 Mistral checkpoints render `[INST] <image>\\n... [/INST] reply</s> `; Vicuna checkpoints render the
 LLaVA-1.5 `USER: ... ASSISTANT:` format, which closes no turn (training appends </s> after each reply).
@@ -9,43 +10,10 @@ from __future__ import annotations
 from swiftlite.templates.base import TemplateMeta
 
 
-def unpadded_features(height: int, width: int, patches_height: int, patches_width: int,
-                      scale_height: int, scale_width: int) -> tuple[int, int]:
-    """Feature rows x columns left after removing the padding the tiling added, and one newline per row."""
-    current_height, current_width = patches_height * scale_height, patches_width * scale_width
-    if width / height > current_width / current_height:
-        new_height = int(round(height * (current_width / width), 7))
-        current_height -= 2 * ((current_height - new_height) // 2)
-    else:
-        new_width = int(round(width * (current_height / height), 7))
-        current_width -= 2 * ((current_width - new_width) // 2)
-    return current_height * current_width, current_height
-
-
-def tile_size(image_inputs: dict) -> tuple[int, int]:
-    return tuple(image_inputs["pixel_values"][0][0].shape[-2:])
-
-
-def num_image_tokens(template, image_inputs: dict, index: int) -> int:
-    # Official rule (LlavaNextProcessor.replace_image_token / _get_number_of_features).
-    settings = template.processor_config
+def processor_defaults(template) -> dict:
     vision = template.model_config.get("vision_config", {})
-    patch_size = settings.get("patch_size") or vision.get("patch_size", 14)
-    additional = settings.get("num_additional_image_tokens", 0)
-    strategy = settings.get("vision_feature_select_strategy") or template.model_config.get(
-        "vision_feature_select_strategy", "default"
-    )
-    orig_height, orig_width = (int(v) for v in image_inputs["image_sizes"][index])
-    height, width = tile_size(image_inputs)
-    from transformers.image_processing_utils import select_best_resolution
-
-    best_height, best_width = select_best_resolution([orig_height, orig_width],
-                                                     template.image_processor.image_grid_pinpoints)
-    patches_height, patches_width = height // patch_size, width // patch_size
-    unpadded, newlines = unpadded_features(orig_height, orig_width, patches_height, patches_width,
-                                           best_height // height, best_width // width)
-    count = unpadded + newlines + patches_height * patches_width + additional
-    return count - 1 if strategy == "default" else count
+    return {"patch_size": vision.get("patch_size", 14), "num_additional_image_tokens": 0,
+            "vision_feature_select_strategy": template.model_config.get("vision_feature_select_strategy", "default")}
 
 
 def pad_patches(key: str, tensors: list):
@@ -67,7 +35,8 @@ LLAVA_MISTRAL_TEMPLATE = TemplateMeta(
     raw_image_text="<image>\n",
     end_of_turn="</s>",
     add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
-    num_image_tokens=num_image_tokens,
+    processor_call=True,
+    processor_defaults=processor_defaults,
     collate_media=pad_patches,
 )
 
@@ -77,6 +46,7 @@ LLAVA_VICUNA_TEMPLATE = TemplateMeta(
     raw_image_text="<image>\n",
     end_of_turn=None,  # `USER: ... ASSISTANT: reply ` closes no turn: training appends </s> after each reply
     add_special_tokens=True,
-    num_image_tokens=num_image_tokens,
+    processor_call=True,
+    processor_defaults=processor_defaults,
     collate_media=pad_patches,
 )

@@ -1,10 +1,9 @@
 """Qwen2-Audio: each clip is `Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>\\n` in the chat template, and
 `<|AUDIO|>` becomes one token per 40 ms of valid audio.
 
-Official rule (Qwen2AudioProcessor._process_audio): with L = feature_attention_mask.sum() valid mel frames
-(100 per second, padded to 3000 = 30 s), N = (((L - 1) // 2 + 1) - 2) // 2 + 1: the encoder's stride-2 conv,
-then its stride-2 average pooling. The features themselves come from Template.process_audios (the
-checkpoint's WhisperFeatureExtractor, padding="max_length", attention mask renamed feature_attention_mask).
+Encoded through Qwen2AudioProcessor: with L valid mel frames (100 per second, padded to 30 s) it writes
+N = (((L - 1) // 2 + 1) - 2) // 2 + 1 `<|AUDIO|>` tokens (the encoder's stride-2 conv, then its stride-2
+pooling) and returns input_features with their feature_attention_mask.
 
 The base checkpoint (Qwen2-Audio-7B) was trained on raw prompts, `<|audio_bos|><|AUDIO|><|audio_eos|>` +
 query (its README), so its template (ms-swift's qwen2-audio-generation) renders exactly that, followed by the
@@ -14,11 +13,6 @@ reply and the eos token, whatever chat template the checkpoint ships.
 from swiftlite.templates.base import TemplateMeta
 
 AUDIO_TEXT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-
-
-def num_audio_tokens(template, audio_inputs: dict, index: int) -> int:
-    frames = int(audio_inputs["feature_attention_mask"][index].sum())
-    return (((frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
 # The query's text with each audio part as the raw placeholder, then the reply: no roles, no system.
@@ -37,7 +31,7 @@ QWEN2_AUDIO_TEMPLATE = TemplateMeta(
     raw_audio_text=AUDIO_TEXT,
     end_of_turn="<|im_end|>",
     add_special_tokens=False,
-    num_audio_tokens=num_audio_tokens,
+    processor_call=True,
     media_keys=("input_features", "feature_attention_mask"),
 )
 
@@ -47,7 +41,7 @@ QWEN2_AUDIO_GENERATION_TEMPLATE = TemplateMeta(
     raw_audio_text=AUDIO_TEXT,
     end_of_turn=None,  # the raw format closes no turn: training appends the tokenizer's eos after the reply
     add_special_tokens=False,
-    num_audio_tokens=num_audio_tokens,
+    processor_call=True,
     media_keys=("input_features", "feature_attention_mask"),
     supports_system=False,
     chat_template_override=GENERATION_CHAT_TEMPLATE,

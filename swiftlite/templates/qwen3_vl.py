@@ -1,11 +1,7 @@
-"""Qwen3-VL: the checkpoint's ChatML template (no default system prompt) and the Qwen2-VL-style expansion.
-
-Official rule (Qwen3VLProcessor.replace_image_token): `<|image_pad|>` x grid_t*grid_h*grid_w // merge_size**2,
-with 16-px patches (32-px merged units); mm_token_type_ids drive the interleaved M-RoPE positions.
-"""
+"""Qwen3-VL: the checkpoint's ChatML template (no default system prompt), encoded through Qwen3VLProcessor
+(16-px patches, 32-px merged units; mm_token_type_ids drive the interleaved M-RoPE positions)."""
 
 from swiftlite.templates.base import TemplateMeta
-from swiftlite.templates.qwen2_vl import mm_token_type_ids, num_image_tokens
 
 QWEN3_VL_TEMPLATE = TemplateMeta(
     name="qwen3-vl",
@@ -13,8 +9,7 @@ QWEN3_VL_TEMPLATE = TemplateMeta(
     raw_image_text="<|vision_start|><|image_pad|><|vision_end|>",
     end_of_turn="<|im_end|>",
     add_special_tokens=False,
-    num_image_tokens=num_image_tokens,
-    extra_inputs=mm_token_type_ids,
+    processor_call=True,
     sequence_keys={"mm_token_type_ids": 0},
     # Thinking checkpoints ship a template that, like Qwen3's, may render only the last reply differently.
     reply_ends_at_end_of_turn=True,

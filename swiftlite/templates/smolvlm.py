@@ -1,5 +1,5 @@
-"""SmolVLM / Idefics3: `<|im_start|>User:<image>text<end_of_utterance>\\nAssistant:`; each `<image>` in the render
-becomes the processor's tile grid: `<fake_token_around_image><row_r_col_c>` + 64 `<image>` per tile, a newline
+"""SmolVLM / Idefics3: `<|im_start|>User:<image>text<end_of_utterance>\\nAssistant:`, encoded through
+Idefics3Processor: each `<image>` in the render becomes its tile grid: `<fake_token_around_image><row_r_col_c>` + 64 `<image>` per tile, a newline
 per row, then the global view `<fake_token_around_image><global-img>` + 64 `<image>` + `<fake_token_around_image>`."""
 
 from __future__ import annotations
@@ -7,34 +7,10 @@ from __future__ import annotations
 from swiftlite.templates.base import TemplateMeta
 
 
-def image_seq_len(template) -> int:
-    configured = template.processor_config.get("image_seq_len")
-    if configured:
-        return int(configured)
+def processor_defaults(template) -> dict:
     vision = template.model_config.get("vision_config", {})
     patches = (vision.get("image_size", 512) // vision.get("patch_size", 16)) ** 2
-    return int(patches / template.model_config.get("scale_factor", 4) ** 2)
-
-
-def image_processor_call(template, images: list) -> dict:
-    # One conversation is one sample: the processor takes its images as one nested list, so pixel_values is
-    # (1, tiles of all images, C, H, W); rows/cols (tile grid per image) drive the expansion.
-    return template.image_processor(images=[images], return_tensors="pt", return_row_col_info=True)
-
-
-def expand_image_text(template, image_inputs: dict, index: int) -> str:
-    # Official rule (Idefics3Processor.replace_image_token; SmolVLMProcessor's get_image_prompt_string is the same).
-    rows, cols = int(image_inputs["rows"][0][index]), int(image_inputs["cols"][0][index])
-    tokens = "<image>" * image_seq_len(template)
-    global_view = f"<fake_token_around_image><global-img>{tokens}<fake_token_around_image>"
-    if rows == 0 and cols == 0:
-        return global_view
-    text = ""
-    for row in range(rows):
-        for col in range(cols):
-            text += f"<fake_token_around_image><row_{row + 1}_col_{col + 1}>{tokens}"
-        text += "\n"
-    return text + "\n" + global_view
+    return {"image_seq_len": int(patches / template.model_config.get("scale_factor", 4) ** 2)}
 
 
 def pad_images(key: str, tensors: list):
@@ -55,8 +31,8 @@ SMOLVLM_TEMPLATE = TemplateMeta(
     raw_image_text="<image>",
     end_of_turn="<end_of_utterance>",
     add_special_tokens=False,  # the chat template writes <|im_start|> (the bos) itself
-    image_processor_call=image_processor_call,
-    expand_image_text=expand_image_text,
+    processor_call=True,
+    processor_defaults=processor_defaults,
     unused_image_keys=("rows", "cols"),
     collate_media=pad_images,
 )

@@ -14,6 +14,11 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Tiny models initialised as transformers does (std 0.02) with tied embeddings answer the same tokens whatever
+# the prompt (Qwen2-VL emits "\n" forever), so tests comparing outputs could not fail. Builders untie the output
+# head and draw the weights wider; tests/test_tiny_checkpoints.py asserts that outputs depend on the input.
+INIT_RANGE = 0.1
+
 # Words the demo and the tests speak: keeping them whole tokens makes tiny models learn quickly.
 CORPUS = """\
 what is in this image what shape is it what colour is it which shape and colour do you see describe the picture
@@ -97,4 +102,31 @@ def save_checkpoint(out_dir: Path, model, tokenizer, processor, tokenizer_class:
     processor.save_pretrained(out_dir)
     patch_json(out_dir / "tokenizer_config.json", tokenizer_class=tokenizer_class)
     patch_json(out_dir / "preprocessor_config.json", processor_class=processor_class, **preprocessor_settings)
+    return out_dir
+
+
+def never_stopping_copy(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
+    """A copy of a tiny checkpoint whose greedy answers never end by themselves (for tests of long or cancelled
+    generations): the output-head rows of its stop tokens are zeroed, so their logit is 0 while the largest of
+    the other few hundred random logits is positive."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(checkpoint_dir, out_dir)
+    generation = json.loads((out_dir / "generation_config.json").read_text())
+    stops = generation.get("eos_token_id")
+    stops = set(stops if isinstance(stops, list) else [stops])
+    tokenizer = json.loads((out_dir / "tokenizer.json").read_text())
+    names = {"<|im_end|>", "<|endoftext|>", "</s>", "<eos>", "<end_of_turn>", "<|eot_id|>", "<|end_of_text|>"}
+    stops |= {token["id"] for token in tokenizer.get("added_tokens", []) if token["content"] in names}
+    weights = load_file(out_dir / "model.safetensors")
+    heads = [key for key in weights if key.endswith("lm_head.weight")]
+    if not heads:
+        raise ValueError(f"{checkpoint_dir}: no untied lm_head.weight to change")
+    for key in heads:
+        weights[key][sorted(i for i in stops if i is not None)] = 0
+    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
     return out_dir

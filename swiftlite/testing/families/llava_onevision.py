@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json, train_bpe, write_json
+from swiftlite.testing.tiny import INIT_RANGE, fixture_chat_template, fixture_facts, patch_json, train_bpe, write_json
 
 FAMILY = "llava_onevision"
 
@@ -56,12 +56,13 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
             model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden_size,
             intermediate_size=intermediate_size or hidden_size * 2, num_hidden_layers=num_layers,
             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
-            tie_word_embeddings=True, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            initializer_range=INIT_RANGE,
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
         image_token_index=ids["<image>"], video_token_index=ids["<video>"], image_grid_pinpoints=pinpoints,
         vision_feature_layer=-1, vision_feature_select_strategy=pre["vision_feature_select_strategy"],
-        vision_aspect_ratio=pre["vision_aspect_ratio"], tie_word_embeddings=True,
+        vision_aspect_ratio=pre["vision_aspect_ratio"], tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config)

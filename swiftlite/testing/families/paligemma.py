@@ -64,9 +64,10 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
             intermediate_size=intermediate_size or hidden_size * 2, num_hidden_layers=num_layers,
             num_attention_heads=heads, num_key_value_heads=1, head_dim=max(8, hidden_size // heads),
             max_position_embeddings=4096, pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"],
-            bos_token_id=ids["<bos>"],
+            bos_token_id=ids["<bos>"], tie_word_embeddings=False,
         ),
         image_token_index=ids["<image>"], projection_dim=hidden_size, hidden_size=hidden_size,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = PaliGemmaForConditionalGeneration(config)

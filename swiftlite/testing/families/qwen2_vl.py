@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, train_bpe, save_checkpoint
+from swiftlite.testing.tiny import INIT_RANGE, fixture_chat_template, fixture_facts, train_bpe, save_checkpoint
 
 FAMILY = "qwen2-vl"
 
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
                    vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
-                   max_pixels: int | None = None, tie_word_embeddings: bool = True,
-          initializer_range: float = 0.02) -> Path:
+                   max_pixels: int | None = None, tie_word_embeddings: bool = False,
+          initializer_range: float = INIT_RANGE) -> Path:
     # Qwen2-VL-2B ties its output head to the embeddings; 7B and 72B do not (tie_word_embeddings=False).
     import torch
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration

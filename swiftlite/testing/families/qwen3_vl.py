@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from swiftlite.testing.families.qwen_text import qwen_tokenizer
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, save_checkpoint
+from swiftlite.testing.tiny import INIT_RANGE, fixture_chat_template, fixture_facts, save_checkpoint
 
 FAMILY = "qwen3-vl"
 
@@ -39,7 +39,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,
             num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-            head_dim=head_dim, max_position_embeddings=4096,
+            head_dim=head_dim, max_position_embeddings=4096, initializer_range=INIT_RANGE,
             rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": section,
                              "mrope_interleaved": True},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
@@ -53,7 +53,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)

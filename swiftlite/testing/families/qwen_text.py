@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json, train_bpe
+from swiftlite.testing.tiny import INIT_RANGE, fixture_chat_template, fixture_facts, patch_json, train_bpe
 
 FAMILY = "qwen2_5"
 
@@ -50,7 +50,8 @@ def build_causal_lm(out_dir: Path, fixture: str, config_class: str, model_class:
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=endoftext, eos_token_id=im_end,
+        max_position_embeddings=4096, tie_word_embeddings=False, bos_token_id=endoftext, eos_token_id=im_end,
+        initializer_range=INIT_RANGE,
         pad_token_id=endoftext, **config_extra,
     )
     torch.manual_seed(seed)

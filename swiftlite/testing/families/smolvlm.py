@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json, train_bpe, write_json
+from swiftlite.testing.tiny import INIT_RANGE, fixture_chat_template, fixture_facts, patch_json, train_bpe, write_json
 
 FAMILY = "smolvlm"
 
@@ -54,11 +54,12 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
             model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden_size,
             intermediate_size=intermediate_size or hidden_size * 2, num_hidden_layers=num_layers,
             num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
+            initializer_range=INIT_RANGE,
             bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"], pad_token_id=ids["<|im_end|>"],
-            tie_word_embeddings=True,
+            tie_word_embeddings=False,
         ),
         image_token_id=ids["<image>"], scale_factor=scale_factor, pad_token_id=ids["<|im_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config)
