@@ -97,11 +97,20 @@ def test_the_same_value_in_both_spellings_is_fine(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["infer", "deploy"])
-@pytest.mark.parametrize("backend", ["vllm", "sglang", "lmdeploy"])
+@pytest.mark.parametrize("backend", ["sglang", "lmdeploy"])
 def test_accelerated_backends_are_a_clear_error(command, backend):
     code, _, err = run(command, "--model", "/nowhere", "--infer_backend", backend)
     assert code == 1
     assert f"--infer_backend {backend}: not available in swiftlite yet; use --infer_backend pt" in err
+
+
+@pytest.mark.parametrize("command", ["infer", "deploy"])
+def test_vllm_without_vllm_is_one_line_with_the_install_command(command):
+    # The system python of the main lane has no vLLM (scripts/test_vllm.sh runs the vLLM lane in its own venv).
+    code, _, err = run(command, "--model", "/nowhere", "--infer_backend", "vllm")
+    assert code == 1
+    assert "--infer_backend vllm: vLLM is not installed; install it with: pip install vllm" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_values_that_changed_are_translated():
