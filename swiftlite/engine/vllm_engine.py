@@ -75,8 +75,9 @@ class LoadedVllm:
 class VllmModel:
     """vLLM's LLMEngine plus the few facts the rest of swiftlite reads from a model (generation_config)."""
 
-    def __init__(self, engine, generation_config, lora_requests: dict, stop_token_ids=()):
+    def __init__(self, engine, generation_config, lora_requests: dict, stop_token_ids=(), image_token_id=None):
         self.engine = engine
+        self.image_token_id = image_token_id
         self.stop_token_ids = list(stop_token_ids)  # the template's end-of-turn tokens, as the pt backend stops at
         self.generation_config = generation_config
         self.lora_requests = lora_requests  # adapter name -> LoRARequest
@@ -91,6 +92,9 @@ class VllmModel:
 
         prompt = TokensPrompt(prompt_token_ids=list(row["input_ids"]))
         if row.get(IMAGES_KEY):
+            # vLLM expands each image placeholder itself (and positions it, e.g. Qwen2-VL's M-RoPE): given the
+            # expanded run it would take the placeholders for text. So each run shrinks back to one token.
+            prompt["prompt_token_ids"] = collapse_runs(prompt["prompt_token_ids"], self.image_token_id)
             prompt["multi_modal_data"] = {"image": row[IMAGES_KEY] if len(row[IMAGES_KEY]) > 1 else row[IMAGES_KEY][0]}
         lora = self.lora_requests.get(adapter) if adapter else None
         self.engine.add_request(request_id, prompt, to_vllm_params(params, self.stop_token_ids), lora_request=lora)
@@ -111,6 +115,11 @@ class VllmModel:
                     index = ids[output.request_id]
                     absorb(results[index], output, params[index].top_logprobs)
         return results
+
+
+def collapse_runs(ids: list[int], token_id) -> list[int]:
+    """[a, P, P, P, b] -> [a, P, b] for the placeholder token P."""
+    return [t for i, t in enumerate(ids) if not (t == token_id and i > 0 and ids[i - 1] == token_id)]
 
 
 def to_vllm_params(params, stop_token_ids=()):
@@ -180,7 +189,9 @@ def load_for_vllm(model_type=None, model_id_or_path=None, ckpt_dir=None, dtype="
     adapters.extend(lora_modules or [])
     engine, lora_requests = start_engine(resolved.model_dir, dtype, adapters, options, max_pixels)
     generation_config = read_generation_config(resolved.model_dir)
-    model = VllmModel(engine, generation_config, lora_requests, template.stop_token_ids(generation_config))
+    image_token = template.meta.image_token
+    model = VllmModel(engine, generation_config, lora_requests, template.stop_token_ids(generation_config),
+                      template.token_id(image_token) if image_token else None)
     return LoadedVllm(model, tokenizer, record_images(template), resolved, checkpoint, lora_requests)
 
 
