@@ -75,9 +75,14 @@ class LoadedVllm:
 class VllmModel:
     """vLLM's LLMEngine plus the few facts the rest of swiftlite reads from a model (generation_config)."""
 
-    def __init__(self, engine, generation_config, lora_requests: dict, stop_token_ids=(), image_token_id=None):
+    def __init__(self, engine, tokenizer, generation_config, lora_requests: dict, stop_token_ids=(),
+                 image_token_id=None, default_adapter=None):
         self.engine = engine
+        self.tokenizer = tokenizer
         self.image_token_id = image_token_id
+        self.default_adapter = default_adapter  # "default" for a LoRA --ckpt_dir: mm infer's rows use it
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.end_ids = set(stop_token_ids) | ({eos} if eos is not None else set())
         self.stop_token_ids = list(stop_token_ids)  # the template's end-of-turn tokens, as the pt backend stops at
         self.generation_config = generation_config
         self.lora_requests = lora_requests  # adapter name -> LoRARequest
@@ -99,6 +104,37 @@ class VllmModel:
         lora = self.lora_requests.get(adapter) if adapter else None
         self.engine.add_request(request_id, prompt, to_vllm_params(params, self.stop_token_ids), lora_request=lora)
 
+    def absorb(self, result, output, top_n: int = 0) -> str:
+        """Add one step's delta of a vLLM RequestOutput to a RowResult; returns the new text.
+
+        The finished row is made the pt backend's: the end-of-turn token that stopped it is not part of the
+        answer, and the text is the tokenizer's decode of the tokens (vLLM's incremental detokenizer drops an
+        incomplete UTF-8 tail that transformers shows as U+FFFD); only a stop string's cut is vLLM's own.
+        """
+        completion = output.outputs[0]
+        delta = completion.text
+        result.token_ids.extend(completion.token_ids)
+        result.text += delta
+        for token_id, step in zip(completion.token_ids, completion.logprobs or []):
+            # vLLM returns the top k and the chosen token (ranked k+1 or lower when sampled from further down).
+            top = sorted(((tid, lp.logprob) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_n),
+                         key=lambda item: -item[1])
+            result.logprobs.append({"token_id": token_id, "logprob": step[token_id].logprob, "top": top})
+        if not output.finished:
+            return delta
+        reason = completion.finish_reason
+        result.finish_reason = "cancelled" if reason == "abort" else (reason or "stop")
+        if isinstance(completion.stop_reason, str):  # cut at a stop string: vLLM's text is the answer
+            return delta
+        if reason == "stop" and result.token_ids and result.token_ids[-1] in self.end_ids:
+            result.token_ids.pop()
+            result.logprobs = result.logprobs[:len(result.token_ids)]
+        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=False)
+        if text.startswith(result.text):  # what streaming has sent so far, plus the tail it held back
+            delta += text[len(result.text):]
+            result.text = text
+        return delta
+
     def generate_rows(self, template, rows: list[dict], params: list, adapter_names=None):
         """Blocking: every row to the end (mm infer's batch mode). Returns RowResults in row order."""
         from swiftlite.engine.generate import RowResult
@@ -107,13 +143,13 @@ class VllmModel:
         for index, (row, row_params) in enumerate(zip(rows, params)):
             request_id = self.next_id()
             ids[request_id] = index
-            self.add(request_id, row, row_params, adapter_names[index] if adapter_names else None)
+            self.add(request_id, row, row_params, adapter_names[index] if adapter_names else self.default_adapter)
         results = [RowResult(prompt_tokens=len(row["input_ids"])) for row in rows]
         while self.engine.has_unfinished_requests():
             for output in self.engine.step():
                 if output.request_id in ids:
                     index = ids[output.request_id]
-                    absorb(results[index], output, params[index].top_logprobs)
+                    self.absorb(results[index], output, params[index].top_logprobs)
         return results
 
 
@@ -139,25 +175,8 @@ def to_vllm_params(params, stop_token_ids=()):
         stop_token_ids=sorted(set(params.stop_token_ids) | set(stop_token_ids)) or None,
         logprobs=params.top_logprobs if params.logprobs else None,
         output_kind=RequestOutputKind.DELTA,  # each step brings only the new tokens
-        skip_special_tokens=True,
+        skip_special_tokens=False,  # as the pt backend decodes
     )
-
-
-def absorb(result, output, top_n: int = 0) -> str:
-    """Add one step's delta of a vLLM RequestOutput to a RowResult; returns the new text."""
-    completion = output.outputs[0]
-    result.token_ids.extend(completion.token_ids)
-    result.text += completion.text
-    for token_id, step in zip(completion.token_ids, completion.logprobs or []):
-        chosen = step[token_id].logprob
-        # vLLM returns the top k and the chosen token (rank k+1 or lower when it was sampled from further down).
-        top = sorted(((tid, lp.logprob) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_n),
-                     key=lambda item: -item[1])
-        result.logprobs.append({"token_id": token_id, "logprob": chosen, "top": top})
-    if output.finished:
-        reason = completion.finish_reason
-        result.finish_reason = "cancelled" if reason == "abort" else (reason or "stop")
-    return completion.text
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
@@ -190,9 +209,11 @@ def load_for_vllm(model_type=None, model_id_or_path=None, ckpt_dir=None, dtype="
     engine, lora_requests = start_engine(resolved.model_dir, dtype, adapters, options, max_pixels)
     generation_config = read_generation_config(resolved.model_dir)
     image_token = template.meta.image_token
-    model = VllmModel(engine, generation_config, lora_requests, template.stop_token_ids(generation_config),
-                      template.token_id(image_token) if image_token else None)
-    return LoadedVllm(model, tokenizer, record_images(template), resolved, checkpoint, lora_requests)
+    default = "default" if checkpoint is not None and checkpoint.is_adapter else None
+    model = VllmModel(engine, tokenizer, generation_config, lora_requests, template.stop_token_ids(generation_config),
+                      template.token_id(image_token) if image_token else None, default)
+    return LoadedVllm(model, tokenizer, record_images(template), resolved, checkpoint,
+                      {default: lora_requests[default]} if default else {})
 
 
 def start_engine(model_dir, dtype: str, adapters: list[tuple[str, str]], options: VllmOptions, max_pixels=None):
@@ -386,7 +407,7 @@ class VllmEngine:
                 if entry is None:
                     continue
                 stream, choice, result = entry
-                text = absorb(result, output, stream.request.params[choice].top_logprobs)
+                text = self.model.absorb(result, output, stream.request.params[choice].top_logprobs)
                 if text:
                     stream.put(TokenDelta(choice, text))
                 if output.finished:
