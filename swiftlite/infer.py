@@ -81,6 +81,9 @@ def infer(
 
     vllm_options = vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_model_len,
                               limit_mm_per_prompt, enforce_eager)
+    for name, value in (("max_model_len", max_model_len), ("limit_mm_per_prompt", limit_mm_per_prompt)):
+        if value is not None and infer_backend != "vllm":  # mm infer on pt has no such limit to set
+            raise UserError(f"--{name} is a vLLM flag here: it needs --infer_backend vllm")
     if result_path and result_dir:
         raise UserError("--result_path names the result file, --result_dir its folder: give one")
     if merge_lora and not ckpt_dir:

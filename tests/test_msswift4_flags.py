@@ -280,3 +280,13 @@ def test_adapters_from_ms_swift_and_peft_run_on_the_named_base(qwen2_vl_dir, for
     code, _, err = run("infer", "--adapters", ms_swift, "--val_dataset", rows, "--use_hf", "true")
     assert code == 1 and "could not download 'Qwen/Qwen2-VL-2B-Instruct'" in err and "--model" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command, flag, value", [("deploy", "--tensor_parallel_size", "2"),
+                                                  ("deploy", "--enforce_eager", "true"),
+                                                  ("infer", "--gpu_memory_utilization", "0.5"),
+                                                  ("infer", "--max_model_len", "512")])
+def test_vllm_flags_on_pt_say_they_need_the_vllm_backend(command, flag, value):
+    code, _, err = run(command, "--model", "/nowhere", flag, value)
+    assert code == 1
+    assert f"{flag} is a vLLM flag" in err and "needs --infer_backend vllm" in err

@@ -64,7 +64,7 @@ class VllmOptions:
 class LoadedVllm:
     """What load_for_inference gives the pt backend, with vLLM's engine in place of the transformers model."""
 
-    model: "VllmModel"
+    model: VllmModel
     tokenizer: object
     template: object
     resolved: object
@@ -185,8 +185,7 @@ def load_for_vllm(model_type=None, model_id_or_path=None, ckpt_dir=None, dtype="
                   options: VllmOptions | None = None) -> LoadedVllm:
     """load_for_inference's steps with vLLM loading the weights: a LoRA checkpoint goes through vLLM's LoRA."""
     from swiftlite.models.checkpoint import read_checkpoint, resolve_checkpoint
-    from swiftlite.models.loading import load_tokenizer
-    from swiftlite.models.loading import resolve_model
+    from swiftlite.models.loading import load_tokenizer, resolve_model
     from swiftlite.templates import get_template
 
     require_vllm()
@@ -274,7 +273,7 @@ def record_images(template):
 
     recorded = copy.copy(template)
     local = threading.local()
-    load_images, encode, encode_raw = template.load_images, template.encode, template.encode_raw
+    load_images = template.load_images
 
     def keep(images):
         loaded = load_images(images)
@@ -294,7 +293,6 @@ def record_images(template):
     recorded.load_images = keep
     recorded.encode = with_images(type(template).encode.__get__(recorded))
     recorded.encode_raw = with_images(type(template).encode_raw.__get__(recorded))
-    del encode, encode_raw
     return recorded
 
 
