@@ -18,7 +18,7 @@ from pathlib import Path
 # config.json model_type -> (prefix as transformers 5 saves it, the wrapper both loaders accept under it)
 VISION_WRAPPERS = {
     "llava": ("vision_tower.", "vision_model."),
-    "llava_next": ("vision_tower.", "vision_model."),
+    # llava_next and llava_onevision likely need the same; not added until checked in vLLM.
 }
 
 
