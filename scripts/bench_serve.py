@@ -2,6 +2,8 @@
 
     python scripts/bench_serve.py                     # tiny Qwen2-VL; batch sizes 1 and 16; 4 and 16 clients
     python scripts/bench_serve.py --model DIR --batch_sizes 1 32 --clients 1 8 32 --max_tokens 128
+    python scripts/bench_serve.py --backend pt vllm --batch_sizes 16 --clients 16 --mixed_max_tokens
+                                                      # pt against vLLM (run it in .venv-vllm: docs/deploy.md)
 
 For each batch size the script starts a real `mm deploy` process, measures the time from launch to the first
 answered GET /v1/models, then runs each client count for --duration seconds: every client sends one streaming
@@ -41,6 +43,10 @@ def parse_args():
     parser.add_argument("--no_image", action="store_true", help="send text-only requests")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the servers (CPU): on a small or shared "
                         "machine 1 avoids OpenMP threads spinning against each other")
+    parser.add_argument("--backend", nargs="+", default=["pt"], choices=["pt", "vllm"],
+                        help="--infer_backend of the servers; with both, the ratio vllm/pt is printed")
+    parser.add_argument("--mixed_max_tokens", action="store_true", help="requests cycle through max_tokens/8, "
+                        "/4, /2 and the full --max_tokens (answers of mixed lengths, as real traffic has)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     return parser.parse_args()
 
@@ -61,13 +67,15 @@ def small_image_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def start_server(model_dir: str, batch_size: int, max_tokens: int,
-                 threads: int | None) -> tuple[subprocess.Popen, str, float]:
+def start_server(model_dir: str, batch_size: int, max_tokens: int, threads: int | None,
+                 backend: str = "pt") -> tuple[subprocess.Popen, str, float]:
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "swiftlite", "deploy", "--model", model_dir, "--port", str(port),
                "--max_batch_size", str(batch_size), "--max_new_tokens", str(max_tokens), "--log_level", "warning"]
+    if backend == "vllm":  # eager: the tiny model gains nothing from torch.compile's minute of warm-up
+        command += ["--infer_backend", "vllm", "--enforce_eager", "true", "--max_model_len", "2048"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -101,7 +109,7 @@ async def one_request(http, url: str, body: dict) -> tuple[float, float | None, 
     return time.monotonic() - started, first, tokens
 
 
-async def load(url: str, clients: int, duration: float, body: dict) -> dict:
+async def load(url: str, clients: int, duration: float, body: dict, mixed: bool = False) -> dict:
     import httpx
 
     results: list[tuple[float, float | None, int]] = []
@@ -111,9 +119,16 @@ async def load(url: str, clients: int, duration: float, body: dict) -> dict:
         deadline = time.monotonic() + duration
         started = time.monotonic()
 
+        sent = 0
+
         async def client():
+            nonlocal sent
             while time.monotonic() < deadline:
-                results.append(await one_request(http, url, body))
+                request = body
+                if mixed:  # max_tokens/8, /4, /2, /1 in turn across all clients
+                    request = dict(body, max_tokens=max(1, body["max_tokens"] >> (3 - sent % 4)))
+                sent += 1
+                results.append(await one_request(http, url, request))
 
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.monotonic() - started
@@ -139,7 +154,9 @@ def main() -> None:
         from swiftlite.testing import build_tiny_checkpoint
 
         scratch = tempfile.TemporaryDirectory()
-        model_dir = str(build_tiny_checkpoint(args.family, Path(scratch.name) / args.family))
+        # head_dim 32 (hidden 128, 2 heads) when vLLM is measured: its CPU attention takes no smaller.
+        sizes = dict(hidden_size=128, num_heads=2) if "vllm" in args.backend else {}
+        model_dir = str(build_tiny_checkpoint(args.family, Path(scratch.name) / args.family, **sizes))
     content = [{"type": "text", "text": "describe the picture"}]
     if not args.no_image:
         content.insert(0, {"type": "image_url", "image_url": {"url": small_image_data_url()}})
@@ -147,13 +164,14 @@ def main() -> None:
             "stream": True, "stream_options": {"include_usage": True}}
 
     rows = []
-    for batch_size in args.batch_sizes:
-        process, url, startup = start_server(model_dir, batch_size, args.max_tokens, args.threads)
+    for backend, batch_size in [(b, size) for b in args.backend for size in args.batch_sizes]:
+        process, url, startup = start_server(model_dir, batch_size, args.max_tokens, args.threads, backend)
         try:
-            print(f"--max_batch_size {batch_size}: ready (first /v1/models answered) after {startup:.1f} s", flush=True)
+            print(f"--infer_backend {backend} --max_batch_size {batch_size}: ready (first /v1/models answered) "
+                  f"after {startup:.1f} s", flush=True)
             for clients in args.clients:
-                figures = {"max_batch_size": batch_size, "startup_s": round(startup, 1),
-                           **asyncio.run(load(url, clients, args.duration, body))}
+                figures = {"backend": backend, "max_batch_size": batch_size, "startup_s": round(startup, 1),
+                           **asyncio.run(load(url, clients, args.duration, body, args.mixed_max_tokens))}
                 rows.append(figures)
                 print("  " + "  ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
         finally:
@@ -161,16 +179,22 @@ def main() -> None:
             process.wait(timeout=60)
 
     print()
-    print("| max_batch_size | clients | requests/s | output tokens/s | p50 latency ms | p95 latency ms | "
+    print("| backend | max_batch_size | clients | requests/s | output tokens/s | p50 latency ms | p95 latency ms | "
           "p50 TTFT ms | p95 TTFT ms | start-up s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['max_batch_size']} | {r['clients']} | {r['requests_per_s']} | {r['output_tokens_per_s']} | "
+        print(f"| {r['backend']} | {r['max_batch_size']} | {r['clients']} | {r['requests_per_s']} | "
+              f"{r['output_tokens_per_s']} | "
               f"{r['latency_p50_ms']} | {r['latency_p95_ms']} | {r['ttft_p50_ms']} | {r['ttft_p95_ms']} | "
               f"{r['startup_s']} |")
-    baseline = {r["clients"]: r for r in rows if r["max_batch_size"] == args.batch_sizes[0]}
+    baseline = {r["clients"]: r for r in rows if r["max_batch_size"] == args.batch_sizes[0] and r["backend"] == "pt"}
     for r in rows:
-        if r["max_batch_size"] != args.batch_sizes[0] and r["clients"] in baseline:
+        if r["backend"] == "vllm" and (pt := next((b for b in rows if b["backend"] == "pt" and b["clients"] ==
+                                                   r["clients"] and b["max_batch_size"] == r["max_batch_size"]), None)):
+            ratio = r["output_tokens_per_s"] / max(pt["output_tokens_per_s"], 1e-9)
+            print(f"{r['clients']} clients, --max_batch_size {r['max_batch_size']}: vllm gives {ratio:.2f}x the "
+                  "output tokens/s of pt")
+        if r["backend"] == "pt" and r["max_batch_size"] != args.batch_sizes[0] and r["clients"] in baseline:
             ratio = r["output_tokens_per_s"] / max(baseline[r["clients"]]["output_tokens_per_s"], 1e-9)
             print(f"{r['clients']} clients: --max_batch_size {r['max_batch_size']} gives {ratio:.1f}x the output "
                   f"tokens/s of --max_batch_size {args.batch_sizes[0]}")

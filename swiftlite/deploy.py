@@ -23,6 +23,7 @@ from swiftlite.options import flag, opt
 S = "Server: "  # help prefixes that group the flags in --help
 L = "Limits: "
 M = "Media: "
+V = "vLLM (--infer_backend vllm): "
 
 
 def deploy(
@@ -72,7 +73,11 @@ def deploy(
     adapters: Annotated[list[str] | None, opt("adapters", "ms-swift 3.x/4.x: DIR (as --ckpt_dir) and/or NAME=DIR (as "
                                               "--lora_modules): --adapters lora1=out/ckpt-50 lora2=out/ckpt-80.")] = None,
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
-                                      "transformers; vllm, sglang and lmdeploy are not available yet.")] = "pt",
+                                      "transformers; vllm: generation with vLLM (docs/deploy.md#vllm).")] = "pt",
+    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", V + "GPUs one model is split over.")] = 1,
+    gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", V + "share of GPU memory vLLM may take "
+                                                 "(weights and KV cache).")] = 0.9,
+    enforce_eager: Annotated[bool, flag("enforce_eager", V + "no CUDA graphs (starts faster, decodes slower).")] = False,
     allowed_media_domains: Annotated[list[str] | None, opt("allowed_media_domains", M + "fetch media URLs only from "
                                                            "these host names, whatever address they have (loopback "
                                                            "and private included); default: any host with a public "
@@ -88,7 +93,9 @@ def deploy(
 ) -> None:
     from swiftlite.infer import check_infer_backend
 
-    check_infer_backend(infer_backend)
+    infer_backend = check_infer_backend(infer_backend)
+    vllm_options = vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_model_len,
+                              limit_mm_per_prompt, enforce_eager)
     ckpt_dir, lora_modules = split_adapters(adapters, ckpt_dir, lora_modules)
     check_flags(locals())
     sock = listen(host, port)  # before the load, which can take minutes: a busy port fails at once
@@ -101,7 +108,8 @@ def deploy(
         limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
         media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
         web_ui=web_ui, allowed_media_domains=allowed_media_domains, allowed_hosts=allowed_hosts,
-        cors_origins=cors_origins, host=host, request_timeout=request_timeout,
+        cors_origins=cors_origins, host=host, request_timeout=request_timeout, infer_backend=infer_backend,
+        vllm_options=vllm_options,
     )
     serve(app, sock, host, log_level, shutdown_timeout, ssl_keyfile, ssl_certfile, api_key)
 
@@ -147,6 +155,25 @@ def check_flags(flags: dict) -> None:
     media_dir = flags["allowed_local_media_path"]
     if media_dir is not None and not Path(media_dir).expanduser().is_dir():
         raise UserError(f"--allowed_local_media_path {media_dir}: no such directory")
+
+
+def vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_model_len, limit_mm_per_prompt,
+               enforce_eager):
+    """vLLM's engine flags, checked now; on pt, a vLLM-only flag that differs from its default is a mistake."""
+    from swiftlite.engine.vllm_engine import VllmOptions, require_vllm
+
+    if infer_backend != "vllm":
+        for name, value, default in (("tensor_parallel_size", tensor_parallel_size, 1),
+                                     ("gpu_memory_utilization", gpu_memory_utilization, 0.9),
+                                     ("enforce_eager", enforce_eager, False)):
+            if value != default:
+                raise UserError(f"--{name} is a vLLM flag: it needs --infer_backend vllm")
+        return None
+    require_vllm()
+    options = VllmOptions(tensor_parallel_size, gpu_memory_utilization, max_model_len,
+                          parse_limit_mm(limit_mm_per_prompt) or None, enforce_eager)
+    options.check()
+    return options
 
 
 def split_adapters(adapters: list[str] | None, ckpt_dir: str | None, lora_modules: list[str] | None):
@@ -202,7 +229,7 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
               max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
-              cors_origins=None, host="127.0.0.1", request_timeout=30.0):
+              cors_origins=None, host="127.0.0.1", request_timeout=30.0, infer_backend="pt", vllm_options=None):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
     from swiftlite.engine.worker import BatchingEngine
     from swiftlite.media import MediaPolicy
@@ -221,8 +248,14 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
     adapters = parse_lora_modules(lora_modules)
 
     # 2. The model, its template and the adapters: the model's own name, then each --lora_modules name.
-    loaded = load_for_inference(model_type, model, ckpt_dir, dtype, device_map, use_hf, system, max_pixels, policy,
-                                template_type)
+    if infer_backend == "vllm":  # vLLM loads the weights, and the adapters through its own LoRA
+        from swiftlite.engine.vllm_engine import load_for_vllm
+
+        loaded = load_for_vllm(model_type, model, ckpt_dir, dtype, use_hf, system, max_pixels, policy, template_type,
+                               [(f"lora{index}", path) for index, (_, path) in enumerate(adapters)], vllm_options)
+    else:
+        loaded = load_for_inference(model_type, model, ckpt_dir, dtype, device_map, use_hf, system, max_pixels,
+                                    policy, template_type)
     # Decompression bombs: a header declaring more pixels than 4x what the model takes is refused undecoded.
     policy.max_image_pixels = max(4 * (model_max_pixels(loaded.template) or 0), 4096 * 4096)
     name = served_model_name or loaded.resolved.model_type
@@ -237,13 +270,23 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
         if adapter_name == name:
             raise UserError(f"--lora_modules {adapter_name}={path}: the name is the served model's own; choose another")
         internal = f"lora{index}"  # peft adapter names become module keys: keep users' names (dots...) out of them
-        model_object = load_adapter(model_object, path, internal, adapter_name)
+        if infer_backend != "vllm":
+            model_object = load_adapter(model_object, path, internal, adapter_name)
+        else:  # vLLM loads it itself: the same one-line check of its files first
+            from swiftlite.models.integrity import check_adapter
+
+            check_adapter(Path(path))
         served.append(ServedModel(adapter_name, internal, path, name, is_chat, is_multimodal, modalities=modalities))
 
     # 3. The engine that owns the model, and the HTTP app in front of it.
     metrics = Metrics()
-    engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
-                            batch_wait=batch_wait_ms / 1000, metrics=metrics)
+    if infer_backend == "vllm":
+        from swiftlite.engine.vllm_engine import VllmEngine
+
+        engine = VllmEngine(model_object, max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
+    else:
+        engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
+                                batch_wait=batch_wait_ms / 1000, metrics=metrics)
     limits = RequestLimits(max_batch_size=max_batch_size, limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
                            max_model_len=max_model_len or model_max_length(loaded.tokenizer),
                            default_max_tokens=max_new_tokens)

@@ -33,6 +33,7 @@ from typing import Annotated
 import typer
 
 from swiftlite.errors import UserError, disk_full
+from swiftlite.export_layout import write_vllm_layout
 from swiftlite.lora_merge import DirectPlan, copy_config, plan_direct_merge, read_json, write_merged
 from swiftlite.models.checkpoint_files import processor_files
 from swiftlite.options import click_errors, flag, opt
@@ -194,6 +195,7 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
                 report.merged_layers = _merge_with_peft(checkpoint.ckpt_dir, base_dir, resolved.family, temp,
                                                         device, out_dtype, shard_bytes)
             _copy_processor_files(base_dir, checkpoint.ckpt_dir, temp)
+            write_vllm_layout(temp)  # the tensor names vLLM reads as well as transformers (export_layout.py)
             _write_sft_args(checkpoint, resolved, target, temp, report.method, dtype if out_dtype else None)
             _check_complete(temp, base_dir)
             if check_load:

@@ -62,13 +62,28 @@ def infer(
     result_path: Annotated[str | None, opt("result_path", "Write the results to this .jsonl file instead (appended to "
                                            "when it exists; ms-swift 3.x/4.x).")] = None,
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
-                                      "transformers; vllm, sglang and lmdeploy are not available yet.")] = "pt",
+                                      "transformers; vllm: generation with vLLM, for --val_dataset runs "
+                                      "(docs/infer.md#vllm).")] = "pt",
+    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", "vLLM: GPUs one model is split over.")] = 1,
+    gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", "vLLM: share of GPU memory it may take.")] = 0.9,
+    max_model_len: Annotated[int | None, opt("max_model_len", "vLLM: longest prompt + reply in tokens (default: "
+                                             "the model's).")] = None,
+    limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", "vLLM: most media items per prompt, e.g. "
+                                                   "image=4 or '{\"image\": 4}'.")] = None,
+    enforce_eager: Annotated[bool, flag("enforce_eager", "vLLM: no CUDA graphs (starts faster, decodes slower).")] = False,
     verbose: Annotated[bool, flag("verbose", "In batch mode, print each row's query, label and response.")] = False,
 ) -> None:
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                     repetition_penalty=repetition_penalty, do_sample=do_sample, seed=seed)
     check_flags(sampling, dtype, max_batch_size, show_dataset_sample)
-    check_infer_backend(infer_backend)
+    infer_backend = check_infer_backend(infer_backend)
+    from swiftlite.deploy import vllm_flags
+
+    vllm_options = vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_model_len,
+                              limit_mm_per_prompt, enforce_eager)
+    for name, value in (("max_model_len", max_model_len), ("limit_mm_per_prompt", limit_mm_per_prompt)):
+        if value is not None and infer_backend != "vllm":  # mm infer on pt has no such limit to set
+            raise UserError(f"--{name} is a vLLM flag here: it needs --infer_backend vllm")
     if result_path and result_dir:
         raise UserError("--result_path names the result file, --result_dir its folder: give one")
     if merge_lora and not ckpt_dir:
@@ -89,8 +104,17 @@ def infer(
     load = dict(target.load_kwargs, dtype=dtype, device_map=device_map, use_hf=use_hf, system=system,
                 max_pixels=max_pixels, template_type=template_type)
 
+    if interactive and infer_backend == "vllm":
+        raise UserError("--infer_backend vllm runs datasets (--val_dataset FILE); chat with --infer_backend pt, or "
+                        "serve with `mm deploy --infer_backend vllm`")
     if interactive:
         run_chat(target, load, sampling, stop_words, stream, writer)
+    elif infer_backend == "vllm":
+        from swiftlite.engine.vllm_engine import load_for_vllm
+
+        load.pop("device_map")  # vLLM places the model itself (--tensor_parallel_size)
+        loaded = load_for_vllm(**load, options=vllm_options)
+        run_batch(loaded, rows, sampling, stop_words, max_batch_size, writer, verbose, strict, skipped)
     else:
         from swiftlite.models.checkpoint import load_for_inference
 
@@ -120,13 +144,17 @@ def check_flags(sampling: dict, dtype: str, max_batch_size: int, show_dataset_sa
         raise UserError(f"--show_dataset_sample {show_dataset_sample}: expected a positive number of rows, or -1 for all")
 
 
-def check_infer_backend(infer_backend: str) -> None:
-    """--infer_backend: generation runs on transformers (pt) here; ms-swift's accelerated engines are not wired."""
-    if infer_backend.lower() in ("vllm", "sglang", "lmdeploy"):
+def check_infer_backend(infer_backend: str) -> str:
+    """--infer_backend: pt (transformers) or vllm; ms-swift's other engines are not wired. Returns pt or vllm."""
+    backend = infer_backend.lower()
+    if backend in ("sglang", "lmdeploy"):
         raise UserError(f"--infer_backend {infer_backend}: not available in swiftlite yet; use --infer_backend pt "
-                        "(transformers), or serve with vLLM itself from an `mm export` merged checkpoint")
-    if infer_backend.lower() != "pt":
-        raise UserError(f"--infer_backend {infer_backend}: expected pt (or transformers)")
+                        "(transformers) or vllm")
+    if backend == "transformers":
+        return "pt"
+    if backend not in ("pt", "vllm"):
+        raise UserError(f"--infer_backend {infer_backend}: expected pt (or transformers) or vllm")
+    return backend
 
 
 # ---- which model -----------------------------------------------------------------------------------------
@@ -437,7 +465,9 @@ def run_rows(loaded, rows: list, first_index: int, sampling: dict, stop_words, s
     if not encoded:
         return [], 0, failed
     records, tokens = [], 0
-    for part, result in zip(parts, generate(loaded.model, template, encoded, params)):
+    # vLLM's engine (--infer_backend vllm) generates the rows itself; a transformers model goes through ours.
+    run = getattr(loaded.model, "generate_rows", None) or (lambda *args: generate(loaded.model, *args))
+    for part, result in zip(parts, run(template, encoded, params)):
         record = dict(part["record"], response=result.text)
         if record["system"] is None:
             record["system"] = template.default_system

@@ -145,7 +145,12 @@ def test_merged_logits_equal_base_plus_adapter(tiny_family, scope, lora_checkpoi
 
     # LoRA on the vision tower is folded in too, and nothing outside the adapted layers changes.
     vision_prefix = {"qwen2-vl": "visual.blocks.", "llava1_5": "vision_tower."}[family_name]
-    before, after = safetensors_of(base_dir), safetensors_of(merged_dir)
+    # The merged names are the base's in the layout vLLM reads too (export_layout.py: LLaVA's vision_model.).
+    from swiftlite.export_layout import vllm_name
+
+    model_type = json.loads((base_dir / "config.json").read_text())["model_type"]
+    before = {vllm_name(key, model_type): value for key, value in safetensors_of(base_dir).items()}
+    after = safetensors_of(merged_dir)
     assert before.keys() == after.keys()
     changed = {key for key in before if not before[key].equal(after[key])}
     changed_vision = {key for key in changed if vision_prefix in key}

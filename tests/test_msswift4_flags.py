@@ -97,11 +97,20 @@ def test_the_same_value_in_both_spellings_is_fine(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["infer", "deploy"])
-@pytest.mark.parametrize("backend", ["vllm", "sglang", "lmdeploy"])
+@pytest.mark.parametrize("backend", ["sglang", "lmdeploy"])
 def test_accelerated_backends_are_a_clear_error(command, backend):
     code, _, err = run(command, "--model", "/nowhere", "--infer_backend", backend)
     assert code == 1
     assert f"--infer_backend {backend}: not available in swiftlite yet; use --infer_backend pt" in err
+
+
+@pytest.mark.parametrize("command", ["infer", "deploy"])
+def test_vllm_without_vllm_is_one_line_with_the_install_command(command):
+    # The system python of the main lane has no vLLM (scripts/test_vllm.sh runs the vLLM lane in its own venv).
+    code, _, err = run(command, "--model", "/nowhere", "--infer_backend", "vllm")
+    assert code == 1
+    assert "--infer_backend vllm: vLLM is not installed; install it with: pip install vllm" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_values_that_changed_are_translated():
@@ -271,3 +280,13 @@ def test_adapters_from_ms_swift_and_peft_run_on_the_named_base(qwen2_vl_dir, for
     code, _, err = run("infer", "--adapters", ms_swift, "--val_dataset", rows, "--use_hf", "true")
     assert code == 1 and "could not download 'Qwen/Qwen2-VL-2B-Instruct'" in err and "--model" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command, flag, value", [("deploy", "--tensor_parallel_size", "2"),
+                                                  ("deploy", "--enforce_eager", "true"),
+                                                  ("infer", "--gpu_memory_utilization", "0.5"),
+                                                  ("infer", "--max_model_len", "512")])
+def test_vllm_flags_on_pt_say_they_need_the_vllm_backend(command, flag, value):
+    code, _, err = run(command, "--model", "/nowhere", flag, value)
+    assert code == 1
+    assert f"{flag} is a vLLM flag" in err and "needs --infer_backend vllm" in err

@@ -12,7 +12,7 @@ FAMILY = "llava1_5"
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_layers: int = 2,
                     vision_dim: int = 32, image_size: int = 56, intermediate_size: int | None = None,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, num_heads: int | None = None) -> Path:
     import torch
     from tokenizers import processors
     from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast
@@ -44,7 +44,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         do_center_crop=True, resample=pre["resample"], image_mean=pre["image_mean"], image_std=pre["image_std"],
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32, as vLLM's CPU attention needs
     vision_heads = max(2, vision_dim // 16)
     config = LlavaConfig(
         vision_config=dict(

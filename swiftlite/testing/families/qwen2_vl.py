@@ -12,7 +12,7 @@ FAMILY = "qwen2-vl"
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
                    vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
                    max_pixels: int | None = None, tie_word_embeddings: bool = False,
-          initializer_range: float = INIT_RANGE) -> Path:
+          initializer_range: float = INIT_RANGE, num_heads: int | None = None) -> Path:
     # Qwen2-VL-2B ties its output head to the embeddings; 7B and 72B do not (tie_word_embeddings=False).
     import torch
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
@@ -36,7 +36,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         temporal_patch_size=pre["temporal_patch_size"], merge_size=pre["merge_size"],
         image_mean=pre["image_mean"], image_std=pre["image_std"],
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32, as vLLM's CPU attention needs
     head_dim = hidden_size // heads
     # mrope_section splits head_dim/2 rotary frequencies into temporal, height, width parts.
     half = head_dim // 2
