@@ -22,6 +22,7 @@ class Conversation:
     messages: list[dict] = field(default_factory=list)  # [{"role": ..., "content": str}]
     images: list = field(default_factory=list)
     audios: list = field(default_factory=list)
+    tools: list | None = None  # OpenAI function tools, rendered by the chat template (apply_chat_template(tools=))
 
     @property
     def system(self) -> str | None:

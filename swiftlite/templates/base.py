@@ -104,6 +104,8 @@ class TemplateMeta:
     # Tokens that also end a reply, beyond eos and end_of_turn: where a template closes no turn, the model ends
     # its reply by starting the next turn (GLM-4.1V: `<|user|>`, `<|observation|>`).
     stop_tokens: tuple[str, ...] = ()
+    # How this family writes tool calls (swiftlite.tool_calls.PARSERS): "hermes", "llama3_json", "glm4".
+    tool_parser: str | None = None
 
 
 class Template:
@@ -193,7 +195,7 @@ class Template:
             parts.append({"type": "text", "text": ""})
         return {"role": message["role"], "content": parts}
 
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, **chat_kwargs) -> str:
         if not self.chat_template:
             raise TemplateError(
                 f"this checkpoint ships no chat template (template {self.meta.name!r} is for a base model): "
@@ -204,6 +206,7 @@ class Template:
             chat_template=self.chat_template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **chat_kwargs,  # tools=..., continue_final_message=... (the server's tools and prefill)
         )
 
     def with_default_system(self, conversation: Conversation) -> Conversation:

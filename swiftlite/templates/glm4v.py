@@ -31,6 +31,7 @@ def mm_token_type_ids(template, input_ids: list[int]) -> dict:
 
 
 GLM4V_TEMPLATE = TemplateMeta(
+    tool_parser="glm4",
     name="glm4_1v",
     image_token="<|image|>",
     raw_image_text="<|begin_of_image|><|image|><|end_of_image|>",

@@ -8,6 +8,7 @@ from swiftlite.templates.base import TemplateMeta
 from swiftlite.templates.qwen2_vl import mm_token_type_ids, num_image_tokens
 
 QWEN2_5_VL_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen2_5-vl",
     image_token="<|image_pad|>",
     raw_image_text="<|vision_start|><|image_pad|><|vision_end|>",

@@ -18,6 +18,7 @@ def mm_token_type_ids(template, input_ids: list[int]) -> dict:
 
 
 QWEN2_VL_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen2-vl",
     image_token="<|image_pad|>",
     raw_image_text="<|vision_start|><|image_pad|><|vision_end|>",
