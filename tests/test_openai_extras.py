@@ -154,7 +154,7 @@ def test_presence_and_frequency_penalties_stop_repetition(client):
     ("/completions", {"prompt": [1, -5]}, "prompt"),
     ("/completions", {"prompt": [[1, 2], []]}, "prompt"),
     ("/completions", {"prompt": [10**9]}, "prompt"),
-    ("/completions", {"logprobs": 6}, "logprobs"),
+    ("/completions", {"logprobs": 21}, "logprobs"),
     ("/completions", {"best_of": 1, "n": 2}, "best_of"),
     ("/completions", {"best_of": 3, "stream": True}, "best_of"),
 ])

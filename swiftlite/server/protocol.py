@@ -459,6 +459,9 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
             text, images, audios = content_parts_to_text(_normalise_parts(content))
         except MediaError as error:
             raise bad_request(f"{param}.content: {error}", param=f"{param}.content", code="invalid_content") from None
+        if role == "tool" and not any(m.get("tool_calls") for m in conversation.messages if m["role"] == "assistant"):
+            raise bad_request(f"{param}.role: a 'tool' message must answer an earlier assistant message's tool_calls",
+                              param=f"{param}.role")
         entry = {"role": ROLES[role], "content": text}
         if calls:
             entry["tool_calls"] = calls
@@ -561,7 +564,7 @@ def parse_completion_request(body, limits: RequestLimits) -> ParsedRequest:
         raise bad_request(f"'best_of' ({best_of}) must be at least n ({common['n']})", param="best_of")
     if best_of is not None and best_of > common["n"] and common["stream"]:
         raise bad_request("'best_of' greater than n cannot be streamed", param="best_of")
-    top_logprobs = _integer(body, "logprobs", minimum=0, maximum=5)  # OpenAI's legacy endpoint: at most 5
+    top_logprobs = _integer(body, "logprobs", minimum=0, maximum=20)  # OpenAI's is 5; vLLM's default cap is 20
     echo = bool(_boolean(body, "echo"))
 
     prompt = body.get("prompt")
