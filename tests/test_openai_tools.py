@@ -192,3 +192,51 @@ def test_forced_call_grammars_accept_their_format_only(tokenizer, parser_name, g
 
     assert accepts(good) and not accepts(bad)
     assert get_parser(parser_name).parse(good)[1][0].name == "get_time"
+
+
+# ---- training on ms-swift's agent rows ------------------------------------------------------------------
+AGENT_ROW = {
+    "tools": json.dumps([{"name": "get_weather", "description": "the weather in a city",
+                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]),
+    "messages": [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": "Let me check."},
+        {"role": "tool_call", "content": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+        {"role": "tool_response", "content": "sunny, 21 C"},
+        {"role": "assistant", "content": "It is sunny."},
+    ],
+}
+
+
+def test_agent_rows_train_on_the_calls_and_replies_not_the_tool_answers(tokenizer):
+    from swiftlite.data import record_to_conversation
+    from swiftlite.templates import IGNORE_INDEX, get_template
+
+    conversation = record_to_conversation(AGENT_ROW)
+    template = get_template("qwen3", tokenizer)
+    row = template.encode(conversation)
+    official = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "weather in Paris?"},
+         {"role": "assistant", "content": "Let me check.",
+          "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+         {"role": "tool", "content": "sunny, 21 C"}, {"role": "assistant", "content": "It is sunny."}],
+        tools=[{"type": "function", "function": json.loads(AGENT_ROW["tools"])[0]}], tokenize=False)
+    assert row["input_ids"] == tokenizer.encode(official, add_special_tokens=False)  # tools block rendered
+    labelled = [token for token, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX]
+    text = tokenizer.decode(labelled)
+    assert "Let me check." in text and '"name": "get_weather"' in text and "It is sunny." in text
+    assert "sunny, 21 C" not in text and "weather in Paris" not in text and "# Tools" not in text
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"tools": "[not json"}, "'tools' column"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "tool_call", "content": "get_weather(Paris)"},
+                   {"role": "assistant", "content": "b"}]}, "turn 1 (tool_call)"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "tool_response", "content": "x"},
+                   {"role": "assistant", "content": "b"}]}, "must follow the assistant's tool call"),
+])
+def test_bad_agent_rows_say_which_turn(change, words):
+    from swiftlite.data import RowError, record_to_conversation
+
+    with pytest.raises(RowError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        record_to_conversation({**AGENT_ROW, **change})

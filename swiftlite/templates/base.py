@@ -172,8 +172,10 @@ class Template:
     # ---- rendering ---------------------------------------------------------------------------------
     def _template_message(self, message: dict) -> dict:
         """Our placeholder text -> the content-parts list the official chat templates iterate over."""
+        # An assistant's tool calls and a tool answer's id go to the chat template as they are.
+        extra = {key: message[key] for key in ("tool_calls", "tool_call_id", "name") if key in message}
         if self.meta.string_content or message["role"] in self.meta.string_content_roles:
-            return {"role": message["role"], "content": message["content"]}
+            return {"role": message["role"], "content": message["content"], **extra}
         parts: list[dict] = []
         text = message["content"]
         position = 0
@@ -193,7 +195,7 @@ class Template:
             position = index + len(IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER)
         if not parts:
             parts.append({"type": "text", "text": ""})
-        return {"role": message["role"], "content": parts}
+        return {"role": message["role"], "content": parts, **extra}
 
     def render(self, messages: list[dict], add_generation_prompt: bool, **chat_kwargs) -> str:
         if not self.chat_template:
@@ -212,17 +214,17 @@ class Template:
     def with_default_system(self, conversation: Conversation) -> Conversation:
         if self.default_system and conversation.system is None:
             messages = [{"role": "system", "content": self.default_system}] + conversation.messages
-            return Conversation(messages, conversation.images, conversation.audios)
+            return Conversation(messages, conversation.images, conversation.audios, conversation.tools)
         return conversation
 
-    def assistant_spans(self, messages: list[dict], full: str) -> list[tuple[int, int]]:
+    def assistant_spans(self, messages: list[dict], full: str, **chat_kwargs) -> list[tuple[int, int]]:
         """Character spans [start, end) of each assistant turn in `full`, found by comparing renders."""
         spans = []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self.render(messages[:index], add_generation_prompt=True)
-            through = self.render(messages[: index + 1], add_generation_prompt=False)
+            before = self.render(messages[:index], add_generation_prompt=True, **chat_kwargs)
+            through = self.render(messages[: index + 1], add_generation_prompt=False, **chat_kwargs)
             if full.startswith(through) and not through.startswith(before):
                 # Some official templates write the assistant header in history differently from their own
                 # generation prompt (LLaVA-OneVision's `assistant \n` vs `assistant\n`): find the reply by its
@@ -281,8 +283,9 @@ class Template:
             add_generation_prompt = conversation.messages[-1]["role"] != "assistant"
 
         messages = [self._template_message(m) for m in conversation.messages]
-        full = self.render(messages, add_generation_prompt)
-        spans = [] if add_generation_prompt else self.assistant_spans(messages, full)
+        tools = {"tools": conversation.tools} if conversation.tools else {}  # agent rows (ms-swift's `tools`)
+        full = self.render(messages, add_generation_prompt, **tools)
+        spans = [] if add_generation_prompt else self.assistant_spans(messages, full, **tools)
         return self.encode_text(full, conversation.images, conversation.audios, spans)
 
     def encode_raw(self, prompt: str, images: list | None = None, audios: list | None = None) -> dict[str, Any]:
