@@ -79,6 +79,7 @@ class RowLogits:
             import llguidance
 
             lltokenizer = grammar_tokenizer(tokenizer, vocab_size, params.stop_token_ids)
+            self.vocab_size = lltokenizer.vocab_size
             self.matcher = llguidance.LLMatcher(lltokenizer, params.grammar, log_level=0)
             if self.matcher.is_error():
                 raise GrammarError(f"the grammar is not usable: {self.matcher.get_error()}")
@@ -109,21 +110,23 @@ class RowLogits:
         return logits
 
     def _allowed(self, size: int, device):
-        """The grammar's allowed tokens as a boolean vector; where the grammar is done, only the row's stop tokens."""
+        """The grammar's allowed tokens as a boolean vector; where the grammar is done, only the row's stop tokens.
+
+        `size` is the logits' width (the model's padded vocabulary), which may differ from the tokenizer's."""
         import torch
 
         stop_ids = [t for t in self.params.stop_token_ids if t < size]
-        if self.matcher.is_stopped() or self.matcher.is_error():
-            allowed = torch.zeros(size, dtype=torch.bool)
-        else:
+        allowed = torch.zeros(size, dtype=torch.bool)
+        if not (self.matcher.is_stopped() or self.matcher.is_error()):
             import llguidance.torch as lltorch
 
             if self.mask is None:
-                self.mask = lltorch.allocate_token_bitmask(1, size)
+                self.mask = lltorch.allocate_token_bitmask(1, self.vocab_size)
             lltorch.fill_next_token_bitmask(self.matcher, self.mask)
             words = self.mask[0]
             bits = (words.repeat_interleave(32) >> torch.arange(32, dtype=torch.int32).repeat(words.numel())) & 1
-            allowed = bits[:size].bool()
+            width = min(size, self.vocab_size)
+            allowed[:width] = bits[:width].bool()
             if not self.matcher.is_accepting():
                 allowed[stop_ids] = False  # the value is not complete yet: no stopping (eos may be in the mask)
         if self.matcher.is_accepting() or self.matcher.is_stopped():

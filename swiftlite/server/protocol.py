@@ -703,7 +703,8 @@ def encode_chat(template, conversation: Conversation, prefill: bool = False) -> 
     from swiftlite.media import check_media_count
 
     messages = conversation.messages
-    plain = (not conversation.tools and not prefill and len(messages) > 1
+    system_only = len(messages) == 1 and messages[0]["role"] == "system"
+    plain = (not conversation.tools and not prefill and not system_only
              and all(m["role"] != "tool" and "tool_calls" not in m for m in messages))
     if plain:
         return template.encode(conversation, add_generation_prompt=True)
