@@ -154,16 +154,17 @@ class RowSampler:
         p = self.params[row]
         logits = scores[row]
         shaper = self.shapers[row]
-        if shaper is not None:
-            logits = shaper.shape(logits, self.tracker.results[row].token_ids)
         if p.repetition_penalty and p.repetition_penalty != 1.0:
             seen = torch.unique(input_ids[row])
             values = logits[seen]
             logits = logits.clone()
             logits[seen] = torch.where(values < 0, values * p.repetition_penalty, values / p.repetition_penalty)
         # Log-probabilities report the model's own distribution (after the repetition penalty), not the
-        # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings.
+        # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings, nor by
+        # logit_bias, penalties or a grammar (as vLLM's default, the model's logprobs).
         model_logits = logits
+        if shaper is not None:
+            logits = shaper.shape(logits, self.tracker.results[row].token_ids)
         if p.sampling:
             logits = logits / max(p.temperature, 1e-5)
             if p.top_k and p.top_k > 0:

@@ -5,7 +5,7 @@ bad fields with a 400 that names the field. Encoding loads the images and render
 runs in the request handler's thread pool (`encode_request`) and rejects bad media and too-long prompts, still
 before anything is queued for the model. Response and chunk shapes live in `swiftlite.server.responses`.
 
-Fields that we do not implement are refused unless they hold their neutral value (presence_penalty 0, tools
+Fields that we do not implement are refused unless they hold their neutral value (num_beams 1, functions
 [] ...): a client must never believe a setting took effect when it did not. Fields we do not know at all are
 refused too unless null (ms-swift's client sends every field of its request config, unset ones as null).
 """

@@ -59,6 +59,7 @@ class ResponseBuilder:
         self.streamed_text: dict[int, str] = {}  # choice -> text received so far (tool parsing holds some back)
         self.sent_chars: dict[int, int] = {}  # choice -> characters of it already sent as content
         self.sent_logprobs: dict[int, int] = {}  # choice -> logprob entries already sent
+        self.held_logprobs: dict[int, list] = {}  # choice -> logprobs of deltas held back (tool parsing)
         self.echoed: set[int] = set()
 
     def _envelope(self, chunk: bool) -> dict:
@@ -133,8 +134,10 @@ class ResponseBuilder:
                             "finish_reason": None})
 
     def _delta_logprobs(self, index: int, steps: list[dict]) -> dict | None:
+        """The logprobs to send with this chunk: its tokens', after those of deltas held back before it."""
         if not self.parsed.logprobs:
             return None
+        steps = self.held_logprobs.pop(index, []) + list(steps)
         self.sent_logprobs[index] = self.sent_logprobs.get(index, 0) + len(steps)
         return self._logprobs_of(steps)
 
@@ -150,6 +153,7 @@ class ResponseBuilder:
                 upto = len(received) if held is None else held
                 text = received[self.sent_chars.get(index, 0):upto]
                 if not text:
+                    self.held_logprobs.setdefault(index, []).extend(steps)
                     return None
                 self.sent_chars[index] = upto
             return self._chunk({"index": index, "delta": {"content": text},
