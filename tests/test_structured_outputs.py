@@ -114,3 +114,26 @@ def test_bad_response_formats_are_400s_naming_the_field(client, response_format,
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2,
                                        response_format=response_format)
     assert caught.value.body["param"] == param
+
+
+def test_a_grammar_row_leaves_the_other_rows_of_its_batch_alone(qwen3_dir):
+    """The engine's per-row path (generate(), as both engines sample through RowSampler): in one batch, the
+    constrained row gives schema-valid JSON while a plain greedy row gives what it gives alone; a grammar
+    llguidance refuses fails its own row only."""
+    from swiftlite.conversation import conversation_from_query
+    from swiftlite.engine.generate import SamplingParams, generate
+    from swiftlite.engine.logits import json_schema_grammar
+    from swiftlite.models.checkpoint import load_for_inference
+
+    loaded = load_for_inference(model_id_or_path=str(qwen3_dir), dtype="fp32")
+    model, template = loaded.model, loaded.template
+    row = template.encode(conversation_from_query("fill it in"))
+    alone = generate(model, template, [row], [SamplingParams(max_new_tokens=10, temperature=0)])[0]
+    constrained = SamplingParams(max_new_tokens=120, temperature=1.0, seed=3,
+                                 grammar=json_schema_grammar(SCHEMAS["order"]))
+    broken = SamplingParams(max_new_tokens=10, temperature=0, grammar="start: this is not lark ((")
+    results = generate(model, template, [row, row, row],
+                       [SamplingParams(max_new_tokens=10, temperature=0), constrained, broken], isolate_rows=True)
+    assert results[0].token_ids == alone.token_ids
+    jsonschema.validate(json.loads(results[1].text), SCHEMAS["order"])
+    assert results[2].finish_reason == "error" and "grammar" in results[2].error
