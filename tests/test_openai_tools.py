@@ -129,6 +129,21 @@ def test_tool_choice_none_leaves_tool_markup_as_text(client, tokenizer):
     assert message.tool_calls is None and message.content.startswith("<tool_call>")
 
 
+def test_auto_streams_held_back_markup_as_content_when_no_call_parses(client, tokenizer):
+    # logit_bias makes the model open a call it never completes: the text held back in the stream (from the
+    # marker on) must still arrive, as content, and match the whole response.
+    marker = tokenizer.convert_tokens_to_ids("<tool_call>")
+    request = dict(model=MODEL, messages=ASK, tools=[WEATHER], max_tokens=5, temperature=0,
+                   logit_bias={str(marker): 100}, logprobs=True)
+    whole = client.chat.completions.create(**request).choices[0]
+    assert whole.message.tool_calls is None and whole.message.content.startswith("<tool_call>")
+    chunks = [chunk for chunk in client.chat.completions.create(stream=True, **request) if chunk.choices]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == whole.message.content
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason == "length"
+    streamed = [e.token for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert streamed == [e.token for e in whole.logprobs.content]
+
+
 @pytest.mark.parametrize("body, param", [
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
