@@ -123,10 +123,13 @@ class RowLogits:
             if self.mask is None:
                 self.mask = lltorch.allocate_token_bitmask(1, self.vocab_size)
             lltorch.fill_next_token_bitmask(self.matcher, self.mask)
-            words = self.mask[0]
-            bits = (words.repeat_interleave(32) >> torch.arange(32, dtype=torch.int32).repeat(words.numel())) & 1
+            # Bit k of word w allows token 32w + k: unpack the little-endian bytes (about 0.1 ms for 150k tokens,
+            # where shifting a torch tensor per bit takes over 100 ms).
+            import numpy
+
+            bits = numpy.unpackbits(self.mask[0].numpy().view(numpy.uint8), bitorder="little")
             width = min(size, self.vocab_size)
-            allowed[:width] = bits[:width].bool()
+            allowed[:width] = torch.from_numpy(bits[:width].astype(bool))
             if not self.matcher.is_accepting():
                 allowed[stop_ids] = False  # the value is not complete yet: no stopping (eos may be in the mask)
         if self.matcher.is_accepting() or self.matcher.is_stopped():
