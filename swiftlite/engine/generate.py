@@ -6,7 +6,8 @@ greedy decoding, another temperature 0.7 with its own seed, another stops at "Ob
 
 - `RowSampler` (a logits processor) applies each row's repetition penalty, temperature, top-k and top-p,
   draws the row's token from the row's own torch.Generator, and leaves only that token's logit finite, so
-  the greedy step picks it. It also records log-probabilities when asked.
+  the greedy step picks it. It also records log-probabilities when asked. logit_bias, presence/frequency
+  penalties and grammar masks (structured outputs, forced tool calls) are per row too: engine/logits.py.
 - `RowTracker` (a streamer) receives each step's tokens, decodes each row incrementally, cuts at stop
   token ids and stop strings, enforces each row's max_new_tokens, honours cancellation (a client that
   went away), and reports text deltas as they appear.
@@ -81,7 +82,7 @@ class RowResult:
     finish_reason: str | None = None  # "stop", "length", "cancelled", or "error" (with isolate_rows)
     prompt_tokens: int = 0
     logprobs: list[dict] = field(default_factory=list)  # per token: {"token_id", "logprob", "top": [(id, lp)]}
-    prompt_logprobs: list[dict] = field(default_factory=list)  # per prompt token after the first, as `logprobs`
+    prompt_logprobs: list[dict] = field(default_factory=list)  # per prompt token, as `logprobs` (the first: None)
     error: str | None = None  # why the row failed (finish_reason "error"); the batch's other rows are unaffected
 
 
