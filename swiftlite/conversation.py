@@ -14,7 +14,7 @@ from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, ex
 URL_PLACEHOLDER = "<img/>"  # rtp-llm (seed 001): the prompt marks where each of `urls=[...]` goes
 _BOUND = "\x00bound-image-"  # stands for the k-th bound source inside a tag until the tags are read
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Conversation:
     messages: list[dict] = field(default_factory=list)  # [{"role": ..., "content": str}]
     images: list = field(default_factory=list)
     audios: list = field(default_factory=list)
+    tools: list | None = None  # OpenAI function tools, rendered by the chat template (apply_chat_template(tools=))
 
     @property
     def system(self) -> str | None:
@@ -116,6 +117,55 @@ def bind_unplaced_media(conversation: Conversation) -> None:
         first_user["content"] = prefix + first_user["content"]
 
 
+def agent_turns(conversation: Conversation, tools=None) -> Conversation:
+    """ms-swift's agent rows -> the OpenAI shape chat templates render.
+
+    `tool_call` turns (JSON {"name", "arguments"}) become the `tool_calls` of an assistant message (of the assistant
+    turn just before them, when it has no calls yet: its thought, then its calls); `tool_response` turns are `tool`
+    messages; the row's `tools` column (a JSON string or a list, of OpenAI tools or bare functions) goes to
+    `Conversation.tools`. Raises ValueError naming the turn for a call that is not such JSON.
+    """
+    import json
+
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except ValueError:
+            raise ValueError("the 'tools' column is not valid JSON") from None
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+            raise ValueError("the 'tools' column must be a list of tools")
+        tools = [tool if "function" in tool else {"type": "function", "function": tool} for tool in tools] or None
+    messages: list[dict] = []
+    for index, message in enumerate(conversation.messages):
+        if message["role"] != "tool_call":
+            messages.append(message)
+            continue
+        try:
+            call = json.loads(message["content"])
+        except ValueError:
+            call = None
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise ValueError(f"turn {index} (tool_call): expected JSON {{\"name\": ..., \"arguments\": {{...}}}}")
+        arguments = call.get("arguments", call.get("parameters", {}))
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise ValueError(f"turn {index} (tool_call): 'arguments' is not valid JSON") from None
+        entry = {"type": "function", "function": {"name": call["name"], "arguments": arguments}}
+        previous = messages[-1] if messages else None
+        if previous is not None and previous["role"] == "assistant" and (
+                "tool_calls" not in previous or conversation.messages[index - 1]["role"] == "tool_call"):
+            previous.setdefault("tool_calls", []).append(entry)
+        else:
+            messages.append({"role": "assistant", "content": "", "tool_calls": [entry]})
+    if tools is None and len(messages) == len(conversation.messages) and all(
+            m["role"] != "tool" for m in messages):
+        return conversation
+    return Conversation(messages, conversation.images, conversation.audios, tools)
+
+
 def validate_roles(conversation: Conversation) -> None:
     """Raise ValueError naming the problem if the turn order cannot be rendered by a chat template."""
     messages = conversation.messages
@@ -132,6 +182,12 @@ def validate_roles(conversation: Conversation) -> None:
     body = messages[1:] if messages[0]["role"] == "system" else messages
     if not body or body[0]["role"] != "user":
         raise ValueError("the first non-system message must come from the user")
+    for index, (previous, current) in enumerate(zip(messages, messages[1:]), start=1):
+        if current["role"] == "tool" and not (previous["role"] == "tool" or previous.get("tool_calls")):
+            raise ValueError(f"message {index}: a tool response must follow the assistant's tool call")
+    # Tool responses belong to the assistant's side of the dialogue: an assistant that called tools may go on
+    # after their answers.
+    body = [m for m in body if m["role"] != "tool"]
     for previous, current in zip(body, body[1:]):
-        if previous["role"] == current["role"]:
+        if previous["role"] == current["role"] and not (current["role"] == "assistant" and previous.get("tool_calls")):
             raise ValueError(f"two {current['role']} messages in a row: user and assistant turns must alternate")

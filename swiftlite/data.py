@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from swiftlite.conversation import Conversation, validate_roles
+from swiftlite.conversation import Conversation, agent_turns, validate_roles
 from swiftlite.errors import UserError
 from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text
 
@@ -37,6 +37,9 @@ ROLE_NAMES = {
     "user": "user", "human": "user",
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
     "system": "system",
+    # ms-swift's agent rows: the assistant's call of a tool, and the tool's answer.
+    "tool_call": "tool_call", "function_call": "tool_call",
+    "tool_response": "tool", "tool": "tool", "observation": "tool",
 }
 # `<img>src</img>` tag or a bare `<image>` placeholder, in order of appearance (same for audio).
 _IMAGE_SLOT_RE = re.compile(r"<img>([^<>]*)</img>|<image>")
@@ -340,6 +343,10 @@ def record_to_conversation(record, base_dir: str | None = None, require_response
     images = _media_list(record, "images", "image")
     audios = _media_list(record, "audios", "audio")
     conversation = _bind_media(messages, images, audios)
+    try:
+        conversation = agent_turns(conversation, record.get("tools") if isinstance(record, dict) else None)
+    except ValueError as error:
+        raise RowError(str(error)) from None
     conversation.images = [_resolve_path(source, base_dir, "image") for source in conversation.images]
     conversation.audios = [_resolve_path(source, base_dir, "audio") for source in conversation.audios]
     _check(conversation, require_response)
@@ -532,5 +539,5 @@ def _check(conversation: Conversation, require_response: bool) -> None:
         if roles[-1] != "assistant":
             raise RowError("the last turn must be the assistant's reply")
     for index, message in enumerate(conversation.messages):
-        if message["role"] == "assistant" and not message["content"].strip():
+        if message["role"] == "assistant" and not message["content"].strip() and not message.get("tool_calls"):
             raise RowError(f"turn {index}: the assistant reply is empty")

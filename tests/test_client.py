@@ -130,7 +130,7 @@ def test_errors_raise_client_error_with_the_servers_message(server):
         inference_client("gpt-4o", "hi", is_chat_request=True, **where(server))
     assert unknown.value.status_code == 404 and "not served here" in unknown.value.message
     with pytest.raises(ClientError) as bad:
-        inference_client("qwen2-vl", "hi", request_config=XRequestConfig(stream=True, presence_penalty=1.0),
+        inference_client("qwen2-vl", "hi", request_config=XRequestConfig(stream=True, presence_penalty=3.0),
                          **where(server))
     assert bad.value.status_code == 400 and bad.value.error["param"] == "presence_penalty"
 

@@ -6,7 +6,8 @@ greedy decoding, another temperature 0.7 with its own seed, another stops at "Ob
 
 - `RowSampler` (a logits processor) applies each row's repetition penalty, temperature, top-k and top-p,
   draws the row's token from the row's own torch.Generator, and leaves only that token's logit finite, so
-  the greedy step picks it. It also records log-probabilities when asked.
+  the greedy step picks it. It also records log-probabilities when asked. logit_bias, presence/frequency
+  penalties and grammar masks (structured outputs, forced tool calls) are per row too: engine/logits.py.
 - `RowTracker` (a streamer) receives each step's tokens, decodes each row incrementally, cuts at stop
   token ids and stop strings, enforces each row's max_new_tokens, honours cancellation (a client that
   went away), and reports text deltas as they appear.
@@ -39,6 +40,14 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
+    # OpenAI's logit shaping (engine/logits.py): token id -> bias added to its logit; penalties over generated tokens.
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # An llguidance grammar (engine/logits.py: json_schema_grammar, lark_grammar) the row's output must match.
+    grammar: str | None = None
+    # The prompt's own logprobs with this many alternatives (completions' echo with logprobs); None: not wanted.
+    prompt_logprobs: int | None = None
 
     @property
     def sampling(self) -> bool:
@@ -73,7 +82,21 @@ class RowResult:
     finish_reason: str | None = None  # "stop", "length", "cancelled", or "error" (with isolate_rows)
     prompt_tokens: int = 0
     logprobs: list[dict] = field(default_factory=list)  # per token: {"token_id", "logprob", "top": [(id, lp)]}
+    prompt_logprobs: list[dict] = field(default_factory=list)  # per prompt token, as `logprobs` (the first: None)
     error: str | None = None  # why the row failed (finish_reason "error"); the batch's other rows are unaffected
+
+
+class TextDelta(str):
+    """A text delta that also carries the logprobs of the tokens behind it (so streams carry them per chunk).
+
+    A str subclass so that the engines pass it on as the plain text they already handle."""
+
+    logprobs: list[dict]
+
+    def __new__(cls, text: str, logprobs: list[dict]):
+        delta = super().__new__(cls, text)
+        delta.logprobs = logprobs
+        return delta
 
 
 class RowFailed(Exception):
@@ -81,8 +104,10 @@ class RowFailed(Exception):
 
 
 class RowSampler:
-    def __init__(self, params: list[SamplingParams], device, tracker: "RowTracker"):
+    def __init__(self, params: list[SamplingParams], device, tracker: "RowTracker", vocab_size: int | None = None):
         import torch
+
+        from swiftlite.engine.logits import RowLogits
 
         self.params = params
         self.tracker = tracker  # where a failed row is marked finished
@@ -97,6 +122,15 @@ class RowSampler:
                     tracker.fail(row, f"seed {p.seed}: {error}")
             self.generators.append(generator)
         self.step_logprobs: list[list[dict]] = [[] for _ in params]
+        # The tracker hands each text delta the logprobs of the tokens behind it (streamed logprobs).
+        tracker.step_logprobs = self.step_logprobs
+        self.shapers: list = [None] * len(params)
+        for row, p in enumerate(params):
+            if RowLogits.needed(p) and tracker.results[row].finish_reason is None:
+                try:
+                    self.shapers[row] = RowLogits(p, tracker.tokenizer, vocab_size)
+                except Exception as error:  # a grammar llguidance refuses: this row fails, the others go on
+                    tracker.fail(row, f"{type(error).__name__}: {error}")
 
     def __call__(self, input_ids, scores):
         import torch
@@ -120,14 +154,18 @@ class RowSampler:
 
         p = self.params[row]
         logits = scores[row]
+        shaper = self.shapers[row]
         if p.repetition_penalty and p.repetition_penalty != 1.0:
             seen = torch.unique(input_ids[row])
             values = logits[seen]
             logits = logits.clone()
             logits[seen] = torch.where(values < 0, values * p.repetition_penalty, values / p.repetition_penalty)
         # Log-probabilities report the model's own distribution (after the repetition penalty), not the
-        # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings.
+        # one reshaped by temperature/top-k/top-p, which would read 0 or -inf under near-greedy settings, nor by
+        # logit_bias, penalties or a grammar (as vLLM's default, the model's logprobs).
         model_logits = logits
+        if shaper is not None:
+            logits = shaper.shape(logits, self.tracker.results[row].token_ids)
         if p.sampling:
             logits = logits / max(p.temperature, 1e-5)
             if p.top_k and p.top_k > 0:
@@ -155,6 +193,8 @@ class RowSampler:
                 "logprob": float(log_probs[token]),
                 "top": list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [],
             })
+        if shaper is not None:
+            shaper.advance(token)
         return token
 
 
@@ -170,6 +210,8 @@ class RowTracker:
         self.cancelled = cancelled
         self.seen_prompt = False
         self.emitted = [0] * len(params)  # characters of each row's text already reported
+        self.emitted_tokens = [0] * len(params)  # tokens whose logprobs went with a delta
+        self.step_logprobs: list[list[dict]] | None = None  # set by RowSampler
         self.pad_token_id = 0
 
     def fail(self, row: int, reason: str) -> None:
@@ -236,6 +278,10 @@ class RowTracker:
         if safe > self.emitted[row]:
             delta = text[self.emitted[row]:safe]
             self.emitted[row] = safe
+            if self.params[row].logprobs and self.step_logprobs is not None:
+                count = len(self.results[row].token_ids)
+                delta = TextDelta(delta, self.step_logprobs[row][self.emitted_tokens[row]:count])
+                self.emitted_tokens[row] = count
             if self.on_delta is not None:
                 self.on_delta(row, delta)
 
@@ -263,6 +309,37 @@ class RowStopper:
                 if result.finish_reason is None and self.tracker.cancelled(row):
                     result.finish_reason = "cancelled"
         return torch.tensor(self.tracker.finished(), dtype=torch.bool, device=input_ids.device)
+
+
+def prompt_logprobs(model, batch: dict, params: list[SamplingParams], prompt_lengths: list[int],
+                    extra: dict) -> list[list[dict]]:
+    """One forward pass over the (left-padded) prompts: each prompt token's logprob given the ones before it."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(**batch, **extra).logits.float()
+    ids = batch["input_ids"]
+    scored = []
+    for row, (p, length) in enumerate(zip(params, prompt_lengths)):
+        if p.prompt_logprobs is None:
+            scored.append([])
+            continue
+        start = ids.shape[1] - length  # left padding
+        log_probs = torch.log_softmax(logits[row, start:-1], dim=-1)  # position t predicts token t + 1
+        targets = ids[row, start + 1:]
+        chosen = log_probs.gather(1, targets[:, None])[:, 0]
+        top = torch.topk(log_probs, p.prompt_logprobs) if p.prompt_logprobs else None
+        first = {"token_id": int(ids[row, start]), "logprob": None, "top": []}  # nothing comes before it
+        scored.append([first] + [{"token_id": int(targets[t]), "logprob": float(chosen[t]),
+                        "top": list(zip(top.indices[t].tolist(), top.values[t].tolist())) if top is not None else []}
+                       for t in range(len(targets))])
+    return scored
+
+
+def _vocab_size(model) -> int | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    return getattr(config, "vocab_size", None)
 
 
 def model_device(model):
@@ -340,12 +417,15 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
     prompt_lengths = [len(row["input_ids"]) for row in rows]
     tracker = RowTracker(template.tokenizer, params, prompt_lengths, on_delta, cancelled)
     tracker.pad_token_id = template.pad_token_id if template.pad_token_id is not None else 0
-    sampler = RowSampler(params, batch["input_ids"].device, tracker)
+    sampler = RowSampler(params, batch["input_ids"].device, tracker, _vocab_size(model))
     config = GenerationConfig(
         max_new_tokens=max(p.max_new_tokens for p in params), do_sample=False, num_beams=1,
         pad_token_id=template.pad_token_id, eos_token_id=None, bos_token_id=None,
     )
     extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    if any(p.prompt_logprobs is not None for p in params):
+        for row, scored in enumerate(prompt_logprobs(model, batch, params, prompt_lengths, extra)):
+            tracker.results[row].prompt_logprobs = scored
     with torch.inference_mode(), request_settings_only(model):
         model.generate(
             **batch, generation_config=config, logits_processor=LogitsProcessorList([sampler]),

@@ -177,7 +177,7 @@ class OpenAIServer:
             logger.exception("request failed")
             return self._error(request, APIError(500, f"internal error: {type(error).__name__}: {error}"))
 
-        builder = ResponseBuilder(parsed, served.name, self.template.tokenizer)
+        builder = ResponseBuilder(parsed, served.name, self.template.tokenizer, self.template.meta.tool_parser)
         if parsed.stream:
             return StreamingResponse(
                 self._events(request, stream, builder, encoded.prompt_tokens, started),
@@ -228,7 +228,9 @@ class OpenAIServer:
                     if first_token is None:
                         first_token = time.monotonic()
                         self.metrics.first_token(first_token - started)
-                    yield sse(builder.delta_chunk(event.choice, event.text))
+                    chunk = builder.delta_chunk(event.choice, event.text)
+                    if chunk is not None:  # None: text held back while a tool call may be starting
+                        yield sse(chunk)
                 elif isinstance(event, ChoiceFinished):
                     completion_tokens += len(event.result.token_ids)
                     yield sse(builder.finish_chunk(event.choice, event.result))

@@ -5,7 +5,7 @@ bad fields with a 400 that names the field. Encoding loads the images and render
 runs in the request handler's thread pool (`encode_request`) and rejects bad media and too-long prompts, still
 before anything is queued for the model. Response and chunk shapes live in `swiftlite.server.responses`.
 
-Fields that we do not implement are refused unless they hold their neutral value (presence_penalty 0, tools
+Fields that we do not implement are refused unless they hold their neutral value (num_beams 1, functions
 [] ...): a client must never believe a setting took effect when it did not. Fields we do not know at all are
 refused too unless null (ms-swift's client sends every field of its request config, unset ones as null).
 """
@@ -26,27 +26,24 @@ SAMPLING_FIELDS = {
     "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "n", "stream",
     "stream_options", "user", "metadata", "store", "service_tier", "images", "audios",
 }
+SAMPLING_FIELDS |= {"logit_bias", "presence_penalty", "frequency_penalty", "response_format"}
 CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
-                                 "parallel_tool_calls"}
-COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "logprobs"}
+                                 "parallel_tool_calls", "tools", "tool_choice"}
+COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "logprobs", "echo", "best_of"}
 # Known but not implemented: accepted only with the neutral value given here (None is always accepted).
 NEUTRAL_VALUES = {
-    "presence_penalty": (0, "use repetition_penalty instead"),
-    "frequency_penalty": (0, "use repetition_penalty instead"),
-    "tools": ([], "tool calling is not supported"),
-    "tool_choice": ("none", "tool calling is not supported"),
     "functions": ([], "function calling is not supported"),
     "function_call": ("none", "function calling is not supported"),
-    "response_format": ({"type": "text"}, "only plain text responses are supported"),
-    "logit_bias": ({}, "logit_bias is not supported"),
     "modalities": (["text"], "only text output is supported"),
     "num_beams": (1, "beam search is not supported"),
     "use_beam_search": (False, "beam search is not supported"),
     "length_penalty": (1, "length_penalty applies to beam search, which is not supported"),
-    "echo": (False, "echo is not supported"),
     "suffix": ("", "suffix (insertion) is not supported"),
 }
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+PENALTY_RANGE = (-2.0, 2.0)  # presence_penalty, frequency_penalty
+LOGIT_BIAS_RANGE = (-100.0, 100.0)
+TOOL_CHOICES = ("none", "auto", "required")
 # OpenAI's ranges. Values outside them are refused at the door: one row with an absurd value (repetition_penalty
 # 1e-300 divides logits into inf, seed 2**64 overflows torch's generator) must not reach a batch shared with others.
 MAX_TEMPERATURE = 2.0
@@ -64,6 +61,7 @@ class RawPrompt:
     text: str
     images: list = field(default_factory=list)
     audios: list = field(default_factory=list)
+    token_ids: list[int] | None = None  # a token-id prompt (then text is empty)
 
 
 @dataclass
@@ -78,6 +76,21 @@ class ParsedRequest:
     include_usage: bool
     logprobs: bool
     top_logprobs: int
+    tools: list | None = None
+    tool_choice: object = "auto"  # "none", "auto", "required" or a function's name (str from {"function": ...})
+    echo: bool = False
+    best_of: int | None = None  # completions: best_of rows per prompt, the n likeliest answered
+    prefill: bool = False  # chat: continue the last (assistant) message
+    json_schema: dict | None = None  # response_format, checked; compiled to a grammar in encode_request
+    json_mode: bool = False
+
+    @property
+    def rows_per_prompt(self) -> int:
+        return max(self.n, self.best_of or 0)
+
+    @property
+    def parses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 @dataclass
@@ -268,9 +281,138 @@ def _common(body: dict, limits: RequestLimits) -> dict:
                                       maximum=REPETITION_PENALTY_RANGE[1]),
         "seed": _integer(body, "seed", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
         "stop": _stop_words(body),
+        "presence_penalty": _number(body, "presence_penalty", minimum=PENALTY_RANGE[0], maximum=PENALTY_RANGE[1]),
+        "frequency_penalty": _number(body, "frequency_penalty", minimum=PENALTY_RANGE[0],
+                                     maximum=PENALTY_RANGE[1]),
+        "logit_bias": _logit_bias(body),
     }
-    return {"model": model, "n": n, "stream": stream, "include_usage": include_usage, "sampling": sampling,
+    json_mode, json_schema = _response_format(body)
+    return {"json_mode": json_mode, "json_schema": json_schema,"model": model, "n": n, "stream": stream, "include_usage": include_usage, "sampling": sampling,
             "max_tokens": _integer(body, "max_tokens", minimum=1)}
+
+
+def _logit_bias(body: dict) -> dict[int, float] | None:
+    """{"token id": bias}, ids as strings (JSON keys) or ints; checked against the vocabulary in encode_request."""
+    value = body.get("logit_bias")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request("'logit_bias' must be an object mapping token ids to biases from -100 to 100",
+                          param="logit_bias")
+    bias = {}
+    for key, number in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise bad_request(f"'logit_bias' key {_show(key)} is not a token id", param="logit_bias") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise bad_request(f"'logit_bias' for token {token} must be a number, got {_show(number)}",
+                              param="logit_bias")
+        if not LOGIT_BIAS_RANGE[0] <= number <= LOGIT_BIAS_RANGE[1]:
+            raise bad_request(f"'logit_bias' for token {token} is {number:g}: biases go from -100 to 100",
+                              param="logit_bias")
+        bias[token] = float(number)
+    return bias
+
+
+def _response_format(body: dict) -> tuple[bool, dict | None]:
+    """(JSON wanted, its schema or None): OpenAI's text / json_object / json_schema response formats."""
+    value = body.get("response_format")
+    if value is None:
+        return False, None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise bad_request("'response_format.json_schema' must be an object with a 'name' and a 'schema'",
+                              param="response_format.json_schema")
+        if schema is None:
+            schema = {}  # OpenAI's schema is optional: any JSON value
+        if not isinstance(schema, dict):
+            raise bad_request("'response_format.json_schema.schema' must be a JSON schema object",
+                              param="response_format.json_schema.schema")
+        from swiftlite.engine.logits import GrammarError, check_grammar, json_schema_grammar
+
+        try:
+            check_grammar(json_schema_grammar(schema))
+        except GrammarError as error:
+            raise bad_request(f"'response_format.json_schema.schema': {error}",
+                              param="response_format.json_schema.schema", code="invalid_schema") from None
+        return True, schema
+    raise bad_request(f"'response_format.type' {_show(kind)} is not one of text, json_object, json_schema",
+                      param="response_format.type")
+
+
+def _tools(body: dict) -> tuple[list | None, object]:
+    """The checked `tools` list and `tool_choice` ("none", "auto", "required" or the forced function's name)."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise bad_request("'tools' must be a list of {\"type\": \"function\", \"function\": {...}} objects",
+                              param="tools")
+        for index, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(function,
+                                                                                                         dict):
+                raise bad_request(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
+                                  param=f"tools[{index}]")
+            if not isinstance(function.get("name"), str) or not function["name"]:
+                raise bad_request(f"tools[{index}].function.name must be a non-empty string",
+                                  param=f"tools[{index}].function.name")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise bad_request(f"tools[{index}].function.parameters must be a JSON schema object",
+                                  param=f"tools[{index}].function.parameters")
+        tools = tools or None
+    choice = body.get("tool_choice")
+    if choice is None:
+        choice = "auto" if tools else "none"
+    if isinstance(choice, dict):
+        function = choice.get("function") if choice.get("type", "function") == "function" else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            raise bad_request("'tool_choice' must be none, auto, required or {\"type\": \"function\", "
+                              "\"function\": {\"name\": ...}}", param="tool_choice")
+        if name not in [tool["function"]["name"] for tool in tools or []]:
+            raise bad_request(f"'tool_choice' names the function {_show(name)}, which is not in 'tools'",
+                              param="tool_choice")
+        return tools, name
+    if choice not in TOOL_CHOICES:
+        raise bad_request(f"'tool_choice' {_show(choice)} is not one of none, auto, required or a named function",
+                          param="tool_choice")
+    if choice == "required" and not tools:
+        raise bad_request("'tool_choice' is required but no 'tools' were given", param="tool_choice")
+    return tools, choice
+
+
+def _tool_calls(calls, param: str) -> list[dict]:
+    """An assistant message's `tool_calls` as chat templates take them (arguments as objects)."""
+    import json
+
+    if not isinstance(calls, list):
+        raise bad_request(f"{param} must be a list", param=param)
+    checked = []
+    for number, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        where = f"{param}[{number}]"
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_request(f"{where} must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
+                              "\"arguments\"}}}}", param=where)
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError:
+                raise bad_request(f"{where}.function.arguments is not valid JSON", param=f"{where}.function.arguments") \
+                    from None
+        checked.append({"id": call.get("id"), "type": "function",
+                        "function": {"name": function["name"], "arguments": arguments}})
+    return checked
 
 
 def _check_media_limits(images: list, audios: list, limits: RequestLimits, param: str) -> None:
@@ -304,22 +446,48 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
             raise bad_request(f"{param} must be an object with 'role' and 'content'", param=param)
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise bad_request(f"{param}.role {_show(role)} is not supported (use system, user or assistant)",
+            raise bad_request(f"{param}.role {_show(role)} is not supported (use system, user, assistant or tool)",
                               param=f"{param}.role")
-        if message.get("tool_calls"):
-            raise bad_request(f"{param}.tool_calls: tool calling is not supported", param=f"{param}.tool_calls")
         content = message.get("content")
+        calls = _tool_calls(message["tool_calls"], f"{param}.tool_calls") if message.get("tool_calls") else None
+        if calls and role != "assistant":
+            raise bad_request(f"{param}.tool_calls: only assistant messages hold tool calls",
+                              param=f"{param}.tool_calls")
         if content is None and role != "assistant":
             raise bad_request(f"{param}.content is missing", param=f"{param}.content")
         try:
             text, images, audios = content_parts_to_text(_normalise_parts(content))
         except MediaError as error:
             raise bad_request(f"{param}.content: {error}", param=f"{param}.content", code="invalid_content") from None
-        conversation.messages.append({"role": ROLES[role], "content": text})
+        if role == "tool" and not any(m.get("tool_calls") for m in conversation.messages if m["role"] == "assistant"):
+            raise bad_request(f"{param}.role: a 'tool' message must answer an earlier assistant message's tool_calls",
+                              param=f"{param}.role")
+        entry = {"role": ROLES[role], "content": text}
+        if calls:
+            entry["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):
+            if role == "tool" and isinstance(message.get(key), str):
+                entry[key] = message[key]
+        conversation.messages.append(entry)
         conversation.images += images
         conversation.audios += audios
-    if conversation.messages[-1]["role"] != "user":
-        raise bad_request("the last message must come from the user", param=f"messages[{len(messages) - 1}].role")
+    last = conversation.messages[-1]["role"]
+    system_only = len(conversation.messages) == 1 and last == "system"
+    if last not in ("user", "tool", "assistant") and not system_only:
+        raise bad_request("the last message must come from the user, a tool, or the assistant (to continue it)",
+                          param=f"messages[{len(messages) - 1}].role")
+    prefill = last == "assistant"
+    if prefill and conversation.messages[-1].get("tool_calls"):
+        raise bad_request("an assistant message with tool_calls cannot be continued: add the tool results",
+                          param=f"messages[{len(messages) - 1}]")
+    tools, tool_choice = _tools(body)
+    conversation.tools = tools
+    if prefill and tool_choice not in ("none", "auto"):
+        raise bad_request("'tool_choice' required or named cannot continue an assistant message",
+                          param="tool_choice")
+    if tool_choice not in ("none", "auto") and common["json_mode"]:
+        raise bad_request("'response_format' and a forced 'tool_choice' cannot both constrain one reply",
+                          param="response_format")
     # ms-swift's `images`/`audios` fields: media for the conversation whose text holds no placeholder for them.
     conversation.images += extra_images
     conversation.audios += _string_list(body, "audios")
@@ -328,7 +496,9 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
 
     common["sampling"].update(logprobs=logprobs, top_logprobs=top_logprobs)
     return ParsedRequest("chat", common["model"], [conversation], common["sampling"], max_tokens, common["n"],
-                         common["stream"], common["include_usage"], logprobs, top_logprobs)
+                         common["stream"], common["include_usage"], logprobs, top_logprobs, tools=tools,
+                         tool_choice=tool_choice, prefill=prefill, json_schema=common["json_schema"],
+                         json_mode=common["json_mode"])
 
 
 def _text_slots(messages: list):
@@ -390,28 +560,44 @@ def parse_completion_request(body, limits: RequestLimits) -> ParsedRequest:
     _check_fields(body, COMPLETION_FIELDS, "completion")
     common = _common(body, limits)
     best_of = _integer(body, "best_of", minimum=1)
-    if best_of is not None and best_of != common["n"]:
-        raise bad_request("'best_of' other than n is not supported", param="best_of", code="unsupported")
-    top_logprobs = _integer(body, "logprobs", minimum=0, maximum=20)
+    if best_of is not None and best_of < common["n"]:
+        raise bad_request(f"'best_of' ({best_of}) must be at least n ({common['n']})", param="best_of")
+    if best_of is not None and best_of > common["n"] and common["stream"]:
+        raise bad_request("'best_of' greater than n cannot be streamed", param="best_of")
+    top_logprobs = _integer(body, "logprobs", minimum=0, maximum=20)  # OpenAI's is 5; vLLM's default cap is 20
+    echo = bool(_boolean(body, "echo"))
 
     prompt = body.get("prompt")
+    token_prompts = None
     if isinstance(prompt, str):
         texts = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(item, str) for item in prompt):
         texts = prompt
-    elif isinstance(prompt, list) and prompt and all(isinstance(item, (int, list)) for item in prompt):
-        raise bad_request("token-id prompts are not supported: send the prompt as text", param="prompt",
-                          code="unsupported")
+    elif isinstance(prompt, list) and prompt and all(isinstance(item, int) and not isinstance(item, bool)
+                                                     for item in prompt):
+        token_prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(
+            isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+            for item in prompt):
+        token_prompts = prompt
     else:
-        raise bad_request("'prompt' must be a string or a non-empty list of strings", param="prompt")
+        raise bad_request("'prompt' must be a string, a non-empty list of strings, a list of token ids or a list "
+                          "of non-empty lists of token ids", param="prompt")
+    if token_prompts is not None:
+        if _string_list(body, "images") or _string_list(body, "audios"):
+            raise bad_request("token-id prompts take no 'images'/'audios'", param="prompt")
+        texts = []
     extra_images, extra_audios = _string_list(body, "images"), _string_list(body, "audios")
     if (extra_images or extra_audios) and len(texts) > 1:
         raise bad_request("'images'/'audios' need a single prompt: with several, put <img>...</img> tags in each",
                           param="images")
-    if len(texts) * common["n"] > limits.max_batch_size:
-        raise bad_request(f"{len(texts)} prompts x n={common['n']} is more than this server batches together "
-                          f"(--max_batch_size {limits.max_batch_size})", param="prompt")
-    prompts = []
+    per_prompt = max(common["n"], best_of or 0)
+    count = len(token_prompts) if token_prompts is not None else len(texts)
+    if count * per_prompt > limits.max_batch_size:
+        raise bad_request(f"{count} prompts x {'best_of' if per_prompt > common['n'] else 'n'}={per_prompt} is "
+                          f"more than this server batches together (--max_batch_size {limits.max_batch_size})",
+                          param="prompt")
+    prompts = [RawPrompt("", token_ids=list(ids)) for ids in token_prompts or []]
     for index, text in enumerate(texts):
         try:
             if URL_PLACEHOLDER in text:  # rtp-llm: `images` go where the <img/> placeholders are
@@ -428,23 +614,39 @@ def parse_completion_request(body, limits: RequestLimits) -> ParsedRequest:
         _check_media_limits(images, audios, limits, "prompt")
         prompts.append(RawPrompt(text, images, audios))
 
-    common["sampling"].update(logprobs=top_logprobs is not None, top_logprobs=top_logprobs or 0)
+    # best_of ranks its candidates by their mean token logprob, so they record logprobs even when not asked.
+    wants_logprobs = top_logprobs is not None or per_prompt > common["n"]
+    common["sampling"].update(logprobs=wants_logprobs, top_logprobs=top_logprobs or 0)
+    if echo and top_logprobs is not None:
+        common["sampling"]["prompt_logprobs"] = top_logprobs
     return ParsedRequest("completion", common["model"], prompts, common["sampling"], common["max_tokens"],
                          common["n"], common["stream"], common["include_usage"], top_logprobs is not None,
-                         top_logprobs or 0)
+                         top_logprobs or 0, echo=echo, best_of=best_of, json_schema=common["json_schema"],
+                         json_mode=common["json_mode"])
 
 
 # ---- encoding (thread pool) ----------------------------------------------------------------------------------
 def encode_request(parsed: ParsedRequest, template, limits: RequestLimits, generation_config=None) -> EncodedRequest:
     """Load media, render and tokenize each prompt, and settle max_tokens against --max_model_len."""
     param = "messages" if parsed.endpoint == "chat" else "prompt"
+    vocab_size = template_vocab_size(template)
+    bias = parsed.sampling.get("logit_bias") or {}
+    bad = [token for token in bias if not 0 <= token < vocab_size]
+    if bad:
+        raise bad_request(f"'logit_bias' names token {bad[0]}, outside this model's vocabulary (0 to "
+                          f"{vocab_size - 1})", param="logit_bias")
+    grammar = _grammar(parsed, template)
     rows, params, prompt_tokens = [], [], 0
     for prompt in parsed.prompts:
         try:
             if parsed.endpoint == "chat":
-                row = template.encode(prompt, add_generation_prompt=True)
+                row = encode_chat(template, prompt, parsed.prefill)
+            elif prompt.token_ids is not None:
+                row = _token_row(template, prompt.token_ids, vocab_size)
             else:
                 row = template.encode_raw(prompt.text, prompt.images, prompt.audios)
+        except APIError:
+            raise
         except Exception as error:
             raise from_exception(error, param=param) from None
         length = len(row["input_ids"])
@@ -452,13 +654,90 @@ def encode_request(parsed: ParsedRequest, template, limits: RequestLimits, gener
         prompt_tokens += length
         base = SamplingParams.from_generation_config(generation_config, **parsed.sampling)
         base.max_new_tokens = max_tokens
-        for choice in range(parsed.n):
+        base.grammar = grammar
+        for choice in range(parsed.rows_per_prompt):
             params_for_choice = copy.deepcopy(base)
             if base.seed is not None:
                 params_for_choice.seed = base.seed + choice  # n choices with one seed should still differ
             rows.append(row)
             params.append(params_for_choice)
     return EncodedRequest(rows, params, prompt_tokens)
+
+
+def template_vocab_size(template) -> int:
+    """The model's vocabulary (its embedding rows, padding included), at least the tokenizer's."""
+    config = template.model_config or {}
+    size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0
+    return max(int(size), len(template.tokenizer))
+
+
+def _grammar(parsed: ParsedRequest, template) -> str | None:
+    """The llguidance grammar for response_format or a forced tool_choice, or None."""
+    from swiftlite.engine.logits import GrammarError, check_grammar, json_schema_grammar
+
+    if parsed.json_mode:
+        return json_schema_grammar(parsed.json_schema)
+    if parsed.tool_choice in ("none", "auto") or not parsed.tools:
+        return None
+    from swiftlite.tool_calls import get_parser
+
+    parser = get_parser(template.meta.tool_parser)
+    if parser is None:
+        raise bad_request(f"template {template.meta.name!r} has no known tool-call format, so 'tool_choice' "
+                          f"{_show(parsed.tool_choice)} cannot be enforced: use auto or none", param="tool_choice",
+                          code="unsupported")
+    tools = parsed.tools if parsed.tool_choice == "required" else [
+        tool for tool in parsed.tools if tool["function"]["name"] == parsed.tool_choice]
+    try:
+        grammar = parser.forced_grammar(tools, template.tokenizer)
+        check_grammar(grammar)
+    except GrammarError as error:
+        raise bad_request(f"'tools': {error}", param="tools", code="invalid_schema") from None
+    return grammar
+
+
+def encode_chat(template, conversation: Conversation, prefill: bool = False) -> dict:
+    """A chat request's prompt. Plain conversations take the template's own path (template.encode); tools, tool
+    turns, prefill (continue the last assistant message) and system-only conversations are rendered here with the
+    checkpoint's chat template (apply_chat_template's tools= and continue_final_message=)."""
+    from swiftlite.media import check_media_count
+
+    messages = conversation.messages
+    system_only = len(messages) == 1 and messages[0]["role"] == "system"
+    plain = (not conversation.tools and not prefill and not system_only
+             and all(m["role"] != "tool" and "tool_calls" not in m for m in messages))
+    if plain:
+        return template.encode(conversation, add_generation_prompt=True)
+    conversation = template.with_default_system(conversation)
+    messages = conversation.messages
+    if conversation.system is not None and not template.meta.supports_system:
+        raise bad_request(f"template {template.meta.name!r} has no system prompt", param="messages")
+    for index, message in enumerate(messages):
+        if message["role"] == "system" and index:
+            raise bad_request(f"messages[{index}]: a system message may only come first", param="messages")
+    check_media_count(conversation.texts(), conversation.images, conversation.audios)
+    rendered = []
+    for message in messages:
+        entry = template._template_message({"role": message["role"], "content": message["content"]})
+        entry.update({key: message[key] for key in ("tool_calls", "tool_call_id", "name") if key in message})
+        rendered.append(entry)
+    extra = {"tools": conversation.tools} if conversation.tools else {}
+    if prefill:
+        text = template.render(rendered, add_generation_prompt=False, continue_final_message=True, **extra)
+    else:
+        text = template.render(rendered, add_generation_prompt=True, **extra)
+    return template.encode_text(text, conversation.images, conversation.audios, [])
+
+
+def _token_row(template, token_ids: list[int], vocab_size: int) -> dict:
+    bad = [token for token in token_ids if not 0 <= token < vocab_size]
+    if bad:
+        raise bad_request(f"the prompt holds token id {bad[0]}, outside this model's vocabulary (0 to "
+                          f"{vocab_size - 1})", param="prompt")
+    row = {"input_ids": list(token_ids), "attention_mask": [1] * len(token_ids), "labels": [-100] * len(token_ids)}
+    if template.meta.extra_inputs:
+        row.update(template.meta.extra_inputs(template, list(token_ids)))
+    return row
 
 
 def _settle_max_tokens(prompt_length: int, requested: int | None, limits: RequestLimits, param: str) -> int:

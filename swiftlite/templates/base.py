@@ -114,6 +114,8 @@ class TemplateMeta:
     # processor_kwargs(template) -> keyword arguments for each processor call: the checkpoint's settings that
     # the processor's own call defaults would override (Gemma 3's pan-and-scan).
     processor_kwargs: Callable[["Template"], dict] | None = None
+    # How this family writes tool calls (swiftlite.tool_calls.PARSERS): "hermes", "llama3_json", "glm4".
+    tool_parser: str | None = None
 
 
 class Template:
@@ -185,8 +187,10 @@ class Template:
     # ---- rendering ---------------------------------------------------------------------------------
     def _template_message(self, message: dict) -> dict:
         """Our placeholder text -> the content-parts list the official chat templates iterate over."""
+        # An assistant's tool calls and a tool answer's id go to the chat template as they are.
+        extra = {key: message[key] for key in ("tool_calls", "tool_call_id", "name") if key in message}
         if self.meta.string_content or message["role"] in self.meta.string_content_roles:
-            return {"role": message["role"], "content": message["content"]}
+            return {"role": message["role"], "content": message["content"], **extra}
         parts: list[dict] = []
         text = message["content"]
         position = 0
@@ -206,9 +210,9 @@ class Template:
             position = index + len(IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER)
         if not parts:
             parts.append({"type": "text", "text": ""})
-        return {"role": message["role"], "content": parts}
+        return {"role": message["role"], "content": parts, **extra}
 
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, **chat_kwargs) -> str:
         if not self.chat_template:
             raise TemplateError(
                 f"this checkpoint ships no chat template (template {self.meta.name!r} is for a base model): "
@@ -219,22 +223,23 @@ class Template:
             chat_template=self.chat_template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **chat_kwargs,  # tools=..., continue_final_message=... (the server's tools and prefill)
         )
 
     def with_default_system(self, conversation: Conversation) -> Conversation:
         if self.default_system and conversation.system is None:
             messages = [{"role": "system", "content": self.default_system}] + conversation.messages
-            return Conversation(messages, conversation.images, conversation.audios)
+            return Conversation(messages, conversation.images, conversation.audios, conversation.tools)
         return conversation
 
-    def assistant_spans(self, messages: list[dict], full: str) -> list[tuple[int, int]]:
+    def assistant_spans(self, messages: list[dict], full: str, **chat_kwargs) -> list[tuple[int, int]]:
         """Character spans [start, end) of each assistant turn in `full`, found by comparing renders."""
         spans = []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self.render(messages[:index], add_generation_prompt=True)
-            through = self.render(messages[: index + 1], add_generation_prompt=False)
+            before = self.render(messages[:index], add_generation_prompt=True, **chat_kwargs)
+            through = self.render(messages[: index + 1], add_generation_prompt=False, **chat_kwargs)
             if full.startswith(through) and not through.startswith(before):
                 # Some official templates write the assistant header in history differently from their own
                 # generation prompt (LLaVA-OneVision's `assistant \n` vs `assistant\n`): find the reply by its
@@ -297,8 +302,9 @@ class Template:
             add_generation_prompt = conversation.messages[-1]["role"] != "assistant"
 
         messages = [self._template_message(m) for m in conversation.messages]
-        full = self.render(messages, add_generation_prompt)
-        spans = [] if add_generation_prompt else self.assistant_spans(messages, full)
+        tools = {"tools": conversation.tools} if conversation.tools else {}  # agent rows (ms-swift's `tools`)
+        full = self.render(messages, add_generation_prompt, **tools)
+        spans = [] if add_generation_prompt else self.assistant_spans(messages, full, **tools)
         return self.encode_text(full, conversation.images, conversation.audios, spans)
 
     def encode_raw(self, prompt: str, images: list | None = None, audios: list | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from swiftlite.templates.base import TemplateMeta
 
 
 GLM4V_TEMPLATE = TemplateMeta(
+    tool_parser="glm4",
     name="glm4_1v",
     image_token="<|image|>",
     raw_image_text="<|begin_of_image|><|image|><|end_of_image|>",

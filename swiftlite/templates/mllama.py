@@ -74,6 +74,7 @@ def collate_rows(template, rows: list[dict], padding_side: str, length: int) -> 
 
 
 MLLAMA_TEMPLATE = TemplateMeta(
+    tool_parser="llama3_json",
     name="llama3_2-vision",
     image_token=IMAGE_TOKEN,
     raw_image_text=IMAGE_TOKEN,

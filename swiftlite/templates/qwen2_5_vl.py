@@ -4,6 +4,7 @@ Qwen2_5_VLProcessor (placeholder expansion, pixel values, grids, mm_token_type_i
 from swiftlite.templates.base import TemplateMeta
 
 QWEN2_5_VL_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen2_5-vl",
     image_token="<|image_pad|>",
     raw_image_text="<|vision_start|><|image_pad|><|vision_end|>",

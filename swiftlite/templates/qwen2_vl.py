@@ -8,6 +8,7 @@ generate silently falls back to 1-D positions).
 from swiftlite.templates.base import TemplateMeta
 
 QWEN2_VL_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen2-vl",
     image_token="<|image_pad|>",
     raw_image_text="<|vision_start|><|image_pad|><|vision_end|>",

@@ -4,6 +4,7 @@
 from swiftlite.templates.base import TemplateMeta
 
 QWEN3_VL_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen3-vl",
     image_token="<|image_pad|>",
     raw_image_text="<|vision_start|><|image_pad|><|vision_end|>",

@@ -20,6 +20,7 @@ CHATML = (
 CHATML_NO_DEFAULT_SYSTEM = "{% for message in messages %}" + CHATML_TURNS
 
 QWEN2_5_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen2_5",
     end_of_turn="<|im_end|>",
     add_special_tokens=False,
@@ -28,6 +29,7 @@ QWEN2_5_TEMPLATE = TemplateMeta(
 )
 
 QWEN3_TEMPLATE = TemplateMeta(
+    tool_parser="hermes",
     name="qwen3",
     end_of_turn="<|im_end|>",
     add_special_tokens=False,
