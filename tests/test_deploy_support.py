@@ -23,7 +23,9 @@ def make_lora(base_dir: Path, out_dir: Path, seed: int) -> Path:
     resolved = resolve_model(None, str(base_dir))
     model = load_model(resolved.model_dir, resolved.family, torch.float32, device="cpu")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=r"^model\.language_model.*\.(q_proj|v_proj)$")
-    model = get_peft_model(model, config)
+    with torch.random.fork_rng():  # lora_A's random init from `seed` too, not from whatever ran before
+        torch.manual_seed(seed)
+        model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():

@@ -124,20 +124,25 @@ def test_logit_bias_pushes_and_bans_tokens(client, tokenizer):
     target = tokenizer.convert_tokens_to_ids("x")
     pushed = client.completions.create(logit_bias={str(target): 100}, **request).choices[0]
     assert pushed.text == "xxxx"
-    first = tokenizer.convert_tokens_to_ids(plain.logprobs.tokens[0])
+    # logprobs.tokens are decoded text (' thi'), not the tokenizer's byte-level pieces ('Ġthi'): encode it back
+    (first,) = tokenizer.encode(plain.logprobs.tokens[0], add_special_tokens=False)
     banned = client.completions.create(logit_bias={str(first): -100}, **request).choices[0]
     assert banned.logprobs.tokens[0] != plain.logprobs.tokens[0]
 
 
-def test_presence_and_frequency_penalties_stop_repetition(client):
+def test_presence_and_frequency_penalties_stop_repetition(client, tokenizer):
     request = dict(model=MODEL, prompt="the", max_tokens=12, temperature=0, logprobs=0)
-    plain = client.completions.create(**request).choices[0].logprobs.tokens
-    assert len(set(plain)) < len(plain)  # the random model repeats itself greedily
+    # A small push towards one token makes the greedy model repeat it; the penalties must break the repetition.
+    repeat = {"logit_bias": {str(tokenizer.convert_tokens_to_ids("x")): 3}}
+    plain = client.completions.create(**repeat, **request).choices[0].logprobs.tokens
+    assert len(set(plain)) <= 2 and plain.count("x") >= 10
     for penalty in ("presence_penalty", "frequency_penalty"):
-        penalised = client.completions.create(**{penalty: 2.0}, **request).choices[0].logprobs.tokens
-        assert len(set(penalised)) > len(set(plain)), penalty
+        penalised = client.completions.create(**{penalty: 2.0}, **repeat, **request).choices[0].logprobs.tokens
+        assert len(set(penalised)) > len(set(plain)) + 3 and penalised.count("x") < 4, penalty
+    # A negative penalty rewards what was said: the unbiased model, which varies its tokens, starts repeating.
+    varied = client.completions.create(**request).choices[0].logprobs.tokens
     rewarded = client.completions.create(presence_penalty=-2.0, **request).choices[0].logprobs.tokens
-    assert len(set(rewarded)) <= len(set(plain))
+    assert len(set(rewarded)) < len(set(varied))
 
 
 @pytest.mark.parametrize("path, body, param", [
