@@ -49,6 +49,11 @@ def deploy(
     batch_wait_ms: Annotated[float, opt("batch_wait_ms", S + "how long a new batch may wait for requests still "
                                         "expected (the clients of the batch that just ended), in milliseconds.")] = 50.0,
     max_queue: Annotated[int, opt("max_queue", S + "most requests waiting for a batch; more get HTTP 429.")] = 256,
+    engine: Annotated[str, opt("engine", S + "step: rows join and leave the batch between decode steps (default); "
+                               "static: whole batches, new requests wait for the running batch to end.")] = "step",
+    max_num_batched_tokens: Annotated[int | None, opt("max_num_batched_tokens", S + "token budget of the running "
+                                                      "rows (each: prompt + max_tokens) with --engine step; requests "
+                                                      "over it wait (default: no budget, rows only).")] = None,
     shutdown_timeout: Annotated[float, opt("shutdown_timeout", S + "on SIGTERM/Ctrl-C, seconds in-flight requests "
                                            "may take to finish; then they end with finish_reason abort.")] = 10.0,
     log_level: Annotated[str, opt("log_level", S + "uvicorn log level: critical, error, warning, info, debug.")] = "info",
@@ -97,7 +102,7 @@ def deploy(
         device_map=device_map, use_hf=use_hf, max_pixels=max_pixels, api_key=api_key,
         served_model_name=served_model_name, lora_modules=lora_modules, max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
-        max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
+        engine=engine, max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
         limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
         media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
         web_ui=web_ui, allowed_media_domains=allowed_media_domains, allowed_hosts=allowed_hosts,
@@ -111,7 +116,9 @@ def check_flags(flags: dict) -> None:
     """Fail on a bad flag before loading anything (the load can take minutes)."""
     from swiftlite.models.loading import DTYPE_ALIASES
 
-    positive = ("max_batch_size", "max_queue", "max_new_tokens", "max_request_bytes", "max_media_bytes",
+    if flags["engine"] not in ("step", "static"):
+        raise UserError(f"--engine {flags['engine']}: expected step or static")
+    positive = ("max_batch_size", "max_queue", "max_num_batched_tokens", "max_new_tokens", "max_request_bytes", "max_media_bytes",
                 "media_fetch_timeout", "request_timeout")
     for name in positive:
         if flags[name] is not None and flags[name] <= 0:
@@ -202,8 +209,9 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
               max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
-              cors_origins=None, host="127.0.0.1", request_timeout=30.0):
+              cors_origins=None, host="127.0.0.1", request_timeout=30.0, engine="step", max_num_batched_tokens=None):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
+    from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine
     from swiftlite.media import MediaPolicy
     from swiftlite.models.checkpoint import load_for_inference
@@ -242,8 +250,13 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
 
     # 3. The engine that owns the model, and the HTTP app in front of it.
     metrics = Metrics()
-    engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
-                            batch_wait=batch_wait_ms / 1000, metrics=metrics)
+    if engine == "static":
+        engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
+                                batch_wait=batch_wait_ms / 1000, metrics=metrics)
+    else:
+        engine = StepEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
+                            batch_wait=batch_wait_ms / 1000, metrics=metrics,
+                            max_num_batched_tokens=max_num_batched_tokens)
     limits = RequestLimits(max_batch_size=max_batch_size, limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
                            max_model_len=max_model_len or model_max_length(loaded.tokenizer),
                            default_max_tokens=max_new_tokens)

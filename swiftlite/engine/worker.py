@@ -58,6 +58,7 @@ class ChoiceFinished:
 class EngineFailed:
     message: str
     status: int = 500  # 503 when the server is shutting down: the request was fine, a retry elsewhere may work
+    code: str | None = None  # the error's code in the answer (default: by status)
 
 
 class QueueFull(Exception):
