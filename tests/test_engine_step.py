@@ -161,3 +161,31 @@ def test_one_adapter_switched_on_gives_the_logprobs_of_the_mixed_adapter_path(qw
             assert [x["logprob"] for x in s["top_logprobs"]] == pytest.approx(
                 [x["logprob"] for x in t["top_logprobs"]], abs=1e-4)
     assert [s["logprob"] for s in step[0]] != [s["logprob"] for s in step[1]]  # the adapter does change the answer
+
+
+def test_a_failure_after_the_stream_started_is_an_error_event_and_the_server_goes_on(qwen2_vl_dir):
+    """Fault injection into the real model: its fourth forward pass (the third decode step) raises, as a device
+    error would. The stream has sent text already, so it ends with an error event (no [DONE]); the next
+    request is answered."""
+    with running_server(model=str(qwen2_vl_dir), max_new_tokens=20, batch_wait_ms=0) as server:
+        engine = server.app.state.server.engine
+        forwards = []
+
+        def explode(module, args):
+            forwards.append(1)
+            if len(forwards) == 4:
+                raise RuntimeError("device lost")
+
+        hook = engine.inner.register_forward_pre_hook(explode)
+        try:
+            body = dict(model=server.app.state.server.models[0].name, max_tokens=20, stream=True, temperature=0,
+                        messages=[{"role": "user", "content": "hello"}])
+            with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=120) as response:
+                assert response.status_code == 200
+                lines = [line for line in response.iter_lines() if line]
+        finally:
+            hook.remove()
+        assert any('"content"' in line for line in lines[:-1])  # text was streamed before the failure
+        error = json.loads(lines[-1][len("data: "):])["error"]
+        assert "device lost" in error["message"] and error["type"] == "server_error"
+        assert chat(server, "hi", 4).status_code == 200

@@ -146,7 +146,7 @@ class StepEngine(BatchingEngine):
                         continue
                     if self.metrics is not None:
                         self.metrics.batch_started(len(self.running), len(self.waiting))
-                elif not self.stopping and not self.draining:
+                elif not self.stopping:  # draining still runs what is queued, as the static engine does
                     with self.condition:  # busy: whoever fits joins now, for the next step
                         joining: list[RequestStream] = []
                         self._move_fitting(joining, 0)
