@@ -235,7 +235,10 @@ class StepEngine(BatchingEngine):
         row = getattr(self.local, "row", None)
         if row is None:
             return None
-        if row.forwards:  # every forward after the first waits for the row's next turn
+        # Every forward after the first waits for the row's next turn, unless nobody else needs the model: a lone
+        # row with nothing queued keeps it (each hand-over costs two thread switches, more than a tiny model's step).
+        if row.forwards and (len(self.running) > 1 or self.waiting or self.stopping or row.stream.cancelled
+                             or self.aborting):
             row.paused.set()
             row.go.wait()
             row.go.clear()
