@@ -118,8 +118,10 @@ def check_flags(flags: dict) -> None:
 
     if flags["engine"] not in ("step", "static"):
         raise UserError(f"--engine {flags['engine']}: expected step or static")
-    positive = ("max_batch_size", "max_queue", "max_num_batched_tokens", "max_new_tokens", "max_request_bytes", "max_media_bytes",
-                "media_fetch_timeout", "request_timeout")
+    if flags["engine"] == "static" and flags["max_num_batched_tokens"] is not None:
+        raise UserError("--max_num_batched_tokens needs --engine step (the static engine admits by rows only)")
+    positive = ("max_batch_size", "max_queue", "max_num_batched_tokens", "max_new_tokens", "max_request_bytes",
+                "max_media_bytes", "media_fetch_timeout", "request_timeout")
     for name in positive:
         if flags[name] is not None and flags[name] <= 0:
             raise UserError(f"--{name} {flags[name]}: expected a positive number")

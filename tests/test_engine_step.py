@@ -189,3 +189,19 @@ def test_a_failure_after_the_stream_started_is_an_error_event_and_the_server_goe
         error = json.loads(lines[-1][len("data: "):])["error"]
         assert "device lost" in error["message"] and error["type"] == "server_error"
         assert chat(server, "hi", 4).status_code == 200
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--engine", "fast"], "--engine fast: expected step or static"),
+    (["--max_num_batched_tokens", "0"], "--max_num_batched_tokens 0"),
+    (["--engine", "static", "--max_num_batched_tokens", "4096"], "needs --engine step"),
+])
+def test_engine_flag_mistakes_are_one_line(qwen2_vl_dir, args, words):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "swiftlite", "deploy", "--model", str(qwen2_vl_dir), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mm deploy: error:") and words in lines[0], result.stderr
