@@ -49,6 +49,9 @@ def deploy(
     batch_wait_ms: Annotated[float, opt("batch_wait_ms", S + "how long a new batch may wait for requests still "
                                         "expected (the clients of the batch that just ended), in milliseconds.")] = 50.0,
     max_queue: Annotated[int, opt("max_queue", S + "most requests waiting for a batch; more get HTTP 429.")] = 256,
+    merge_lora: Annotated[bool, flag("merge_lora", S + "merge a LoRA --ckpt_dir into the weights in memory at load "
+                                     "when it is the only adapter served (no --lora_modules): as fast as a merged "
+                                     "checkpoint; false keeps peft's adapter layers.")] = True,
     engine: Annotated[str, opt("engine", S + "step: rows join and leave the batch between decode steps (default); "
                                "static: whole batches, new requests wait for the running batch to end.")] = "step",
     max_num_batched_tokens: Annotated[int | None, opt("max_num_batched_tokens", S + "token budget of the running "
@@ -102,7 +105,7 @@ def deploy(
         device_map=device_map, use_hf=use_hf, max_pixels=max_pixels, api_key=api_key,
         served_model_name=served_model_name, lora_modules=lora_modules, max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
-        engine=engine, max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
+        engine=engine, max_num_batched_tokens=max_num_batched_tokens, merge_lora=merge_lora, max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
         limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
         media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
         web_ui=web_ui, allowed_media_domains=allowed_media_domains, allowed_hosts=allowed_hosts,
@@ -211,7 +214,8 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
               max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
-              cors_origins=None, host="127.0.0.1", request_timeout=30.0, engine="step", max_num_batched_tokens=None):
+              cors_origins=None, host="127.0.0.1", request_timeout=30.0, engine="step", max_num_batched_tokens=None,
+              merge_lora=True):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
     from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine
@@ -240,9 +244,13 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
     is_multimodal = any(kind in loaded.resolved.family.modalities for kind in ("image", "audio", "video"))
     root = str(loaded.checkpoint.ckpt_dir) if loaded.checkpoint else str(loaded.resolved.model_dir)
     modalities = tuple(loaded.resolved.family.modalities)
-    served = [ServedModel(name, "default" if loaded.adapters else None, root, None, is_chat, is_multimodal,
-                          modalities=modalities)]
     model_object = loaded.model
+    if merge_lora and loaded.adapters and not adapters and mergeable(model_object):
+        # One adapter and no base model to serve beside it: merged weights skip peft's LoRA layers at every step.
+        model_object = model_object.merge_and_unload()
+        model_object.eval()
+    served_adapter = "default" if loaded.adapters and hasattr(model_object, "peft_config") else None
+    served = [ServedModel(name, served_adapter, root, None, is_chat, is_multimodal, modalities=modalities)]
     for index, (adapter_name, path) in enumerate(adapters):
         if adapter_name == name:
             raise UserError(f"--lora_modules {adapter_name}={path}: the name is the served model's own; choose another")
@@ -269,6 +277,13 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
                               request_timeout=request_timeout)
     generation_config = getattr(model_object, "generation_config", None)
     return create_app(engine, loaded.template, served, settings, generation_config, metrics)
+
+
+def mergeable(model) -> bool:
+    """Whether LoRA can be merged into the weights exactly: not into quantized (bitsandbytes, GPTQ...) layers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not (getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None
+                or getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
 
 
 def load_adapter(model, path: str, internal_name: str, public_name: str):

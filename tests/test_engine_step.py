@@ -205,3 +205,21 @@ def test_engine_flag_mistakes_are_one_line(qwen2_vl_dir, args, words):
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mm deploy: error:") and words in lines[0], result.stderr
+
+
+def test_a_lone_lora_checkpoint_is_merged_at_load_with_the_adapters_answers(qwen2_vl_dir, tmp_path):
+    # --ckpt_dir of a LoRA checkpoint and no --lora_modules: nothing else needs the base weights, so the adapter is
+    # merged in memory (a merged checkpoint's speed); its answers are those of peft's adapter layers.
+    ckpt = make_lora(qwen2_vl_dir, tmp_path / "checkpoint-10", seed=7)
+    (ckpt / "sft_args.json").write_text(json.dumps({"model_id_or_path": str(qwen2_vl_dir), "template_type": "qwen2-vl"}))
+
+    def answer(merge_lora):
+        with running_server(ckpt_dir=str(ckpt), merge_lora=merge_lora, batch_wait_ms=0) as server:
+            assert hasattr(server.app.state.server.engine.model, "peft_config") is not merge_lora
+            response = chat(server, "which shape and colour", 12, temperature=0, logprobs=True, top_logprobs=2)
+            assert response.status_code == 200, response.text
+            return response.json()["choices"][0]["logprobs"]["content"]
+
+    merged, layered = answer(True), answer(False)
+    assert [step["token"] for step in merged] == [step["token"] for step in layered]
+    assert [step["logprob"] for step in merged] == pytest.approx([step["logprob"] for step in layered], abs=1e-4)
