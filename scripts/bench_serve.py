@@ -58,12 +58,12 @@ def add_engine_args(parser) -> None:
     parser.add_argument("--adapter_tokens", type=int, default=64, help="tokens per answer of the adapter runs")
 
 
-def start_engine_server(model_dir: str, extra: list[str], threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_engine_server(model_dir: str | None, extra: list[str], threads: int | None) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "swiftlite", "deploy", "--model", model_dir, "--port", str(port),
-               "--log_level", "warning", *extra]
+    command = [sys.executable, "-m", "swiftlite", "deploy", *(["--model", model_dir] if model_dir else []),
+               "--port", str(port), "--log_level", "warning", *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}/v1"
@@ -123,6 +123,8 @@ def make_adapter_and_merged(model_dir: str, out: Path) -> tuple[Path, Path]:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     adapter, merged = out / "adapter", out / "merged"
     model.save_pretrained(adapter)
+    # An `mm sft` checkpoint names its base model: served with --ckpt_dir, the lone adapter is merged at load.
+    (adapter / "sft_args.json").write_text(json.dumps({"model_id_or_path": model_dir}))
     shutil.copytree(model_dir, merged)
     model.merge_and_unload().save_pretrained(merged)
     return adapter, merged
@@ -147,6 +149,9 @@ def run_engines(args, model_dir: str, body: dict) -> None:
         single = []
         for label, served, extra, name in (
                 ("merged model", str(merged), ["--engine", "step"], None),
+                ("adapter --ckpt_dir (merged at load)", None, ["--ckpt_dir", str(adapter)], None),
+                ("adapter --ckpt_dir --merge_lora false, step engine", None,
+                 ["--ckpt_dir", str(adapter), "--merge_lora", "false"], None),
                 ("adapter, step engine (switched on)", model_dir, ["--engine", "step", "--lora_modules",
                                                                   f"tuned={adapter}"], "tuned"),
                 ("adapter, static engine (adapter_names)", model_dir, ["--engine", "static", "--lora_modules",
