@@ -151,7 +151,10 @@ class StepEngine(BatchingEngine):
                         joining: list[RequestStream] = []
                         self._move_fitting(joining, 0)
                         self._report_queue()
-                    self._admit(joining)
+                    if joining:
+                        self._admit(joining)
+                        if self.metrics is not None:  # the batch as it is now, with the rows that joined it
+                            self.metrics.batch_started(len(self.running), len(self.waiting))
                 self._step()
                 if self.metrics is not None:
                     self.metrics.running.set(len(self.running))
