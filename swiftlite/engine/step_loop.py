@@ -166,7 +166,12 @@ class StepEngine(BatchingEngine):
     def _step(self) -> None:
         """One forward pass for each running row, in turn; rows that ended leave."""
         for row in list(self.running):
-            self._swap_in(row)
+            try:
+                self._swap_in(row)
+            except Exception as error:  # its adapter or model state could not be set: it fails, the others go on
+                logger.exception("could not prepare a row's turn")
+                row.error = error
+                row.stream.cancelled = True  # its thread ends at its next forward, before running anything
             row.paused.clear()
             row.go.set()
             row.paused.wait()
@@ -245,8 +250,8 @@ class StepEngine(BatchingEngine):
             row.paused.set()
             row.go.wait()
             row.go.clear()
-            if row.stream.cancelled or self.aborting:
-                raise RowCancelled()
+        if row.stream.cancelled or self.aborting:  # before its prefill too: a row whose client left costs nothing
+            raise RowCancelled()
         row.forwards += 1
         return None
 
@@ -261,7 +266,7 @@ class StepEngine(BatchingEngine):
             row.tracker.end()
             row.result = self._result(row)
         except BaseException as error:  # noqa: BLE001 - whatever it is, it is this row's and is reported
-            row.error = error
+            row.error = row.error or error
             if is_out_of_memory(error):
                 _free_device_cache()
         finally:
