@@ -48,7 +48,152 @@ def parse_args():
     parser.add_argument("--mixed_max_tokens", action="store_true", help="requests cycle through max_tokens/8, "
                         "/4, /2 and the full --max_tokens (answers of mixed lengths, as real traffic has)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    add_engine_args(parser)
     return parser.parse_args()
+
+
+# ---- issue 16: the step engine against the static one, and one adapter against the merged model ----------------
+def add_engine_args(parser) -> None:
+    parser.add_argument("--workload", choices=["fixed", "engines"], default="fixed",
+                        help="fixed: the batch-size sweep above; engines: (1) a mixed workload (--engine_clients "
+                        "streaming clients, max_tokens drawn from --mixed_tokens) on --engine static and --engine "
+                        "step, (2) one LoRA adapter at batch size 1 against the merged model")
+    parser.add_argument("--engine_clients", type=int, default=16, help="clients of the mixed workload")
+    parser.add_argument("--mixed_tokens", type=int, nargs=2, default=[8, 256], metavar=("LOW", "HIGH"),
+                        help="each request's max_tokens is drawn uniformly from LOW..HIGH (seeded per client)")
+    parser.add_argument("--adapter_tokens", type=int, default=64, help="tokens per answer of the adapter runs")
+
+
+def start_engine_server(model_dir: str | None, extra: list[str], threads: int | None) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "swiftlite", "deploy", *(["--model", model_dir] if model_dir else []),
+               "--port", str(port), "--log_level", "warning", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"mm deploy failed:\n{process.stderr.read()}")
+        try:
+            if httpx.get(url + "/models", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+
+
+async def mixed_load(url: str, clients: int, duration: float, body: dict, low: int, high: int) -> dict:
+    """Like `load`, but each request asks for its own max_tokens, drawn from low..high by a per-client seed."""
+    import random
+
+    import httpx
+
+    results: list[tuple[float, float | None, int]] = []
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as http:
+        await one_request(http, url, dict(body, max_tokens=low))  # warm-up
+        deadline = time.monotonic() + duration
+        started = time.monotonic()
+
+        async def client(index: int):
+            draw = random.Random(index)
+            while time.monotonic() < deadline:
+                results.append(await one_request(http, url, dict(body, max_tokens=draw.randint(low, high))))
+
+        await asyncio.gather(*(client(index) for index in range(clients)))
+        elapsed = time.monotonic() - started  # the last requests run past the deadline: counted in full
+    firsts = sorted(r[1] for r in results if r[1] is not None)
+    return {"clients": clients, "requests": len(results), "seconds": round(elapsed, 1),
+            "output_tokens_per_s": round(sum(r[2] for r in results) / elapsed, 1),
+            "ttft_p50_ms": round(1000 * statistics.median(firsts)),
+            "ttft_p95_ms": round(1000 * firsts[max(0, int(0.95 * len(firsts)) - 1)])}
+
+
+def make_adapter_and_merged(model_dir: str, out: Path) -> tuple[Path, Path]:
+    """A random LoRA on the language model's q/v projections (B perturbed, so it changes outputs), and a copy of
+    the checkpoint with that LoRA merged in: the same weights served the two ways."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from swiftlite.models.loading import load_model, resolve_model
+
+    resolved = resolve_model(None, model_dir)
+    model = load_model(resolved.model_dir, resolved.family, torch.float32, device="cpu")
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=r".*language_model.*\.(q_proj|v_proj)$"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    adapter, merged = out / "adapter", out / "merged"
+    model.save_pretrained(adapter)
+    # An `mm sft` checkpoint names its base model: served with --ckpt_dir, the lone adapter is merged at load.
+    (adapter / "sft_args.json").write_text(json.dumps({"model_id_or_path": model_dir}))
+    shutil.copytree(model_dir, merged)
+    model.merge_and_unload().save_pretrained(merged)
+    return adapter, merged
+
+
+def run_engines(args, model_dir: str, body: dict) -> None:
+    mixed = []
+    for engine in ("static", "step"):
+        process, url = start_engine_server(model_dir, ["--engine", engine, "--max_batch_size", str(args.engine_clients),
+                                                       "--max_new_tokens", str(args.mixed_tokens[1])], args.threads)
+        try:
+            figures = {"engine": engine, **asyncio.run(mixed_load(url, args.engine_clients, args.duration, body,
+                                                                  *args.mixed_tokens))}
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+        print("  " + "  ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
+        mixed.append(figures)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        adapter, merged = make_adapter_and_merged(model_dir, Path(scratch))
+        single = []
+        for label, served, extra, name in (
+                ("merged model", str(merged), ["--engine", "step"], None),
+                ("adapter --ckpt_dir (merged at load)", None, ["--ckpt_dir", str(adapter)], None),
+                ("adapter --ckpt_dir --merge_lora false, step engine", None,
+                 ["--ckpt_dir", str(adapter), "--merge_lora", "false"], None),
+                ("adapter, step engine (switched on)", model_dir, ["--engine", "step", "--lora_modules",
+                                                                  f"tuned={adapter}"], "tuned"),
+                ("adapter, static engine (adapter_names)", model_dir, ["--engine", "static", "--lora_modules",
+                                                                      f"tuned={adapter}"], "tuned")):
+            process, url = start_engine_server(served, ["--max_batch_size", "1", *extra], args.threads)
+            try:
+                request = dict(body, max_tokens=args.adapter_tokens, **({"model": name} if name else {}))
+                figures = {"served": label, **asyncio.run(load(url, 1, args.duration, request))}
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+            print("  " + "  ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
+            single.append(figures)
+
+    static, step = mixed
+    print()
+    print(f"| mixed workload, {args.engine_clients} streaming clients, max_tokens {args.mixed_tokens[0]}-"
+          f"{args.mixed_tokens[1]} | requests | output tokens/s | p50 TTFT ms | p95 TTFT ms |")
+    print("|---|---|---|---|---|")
+    for r in mixed:
+        print(f"| --engine {r['engine']} | {r['requests']} | {r['output_tokens_per_s']} | {r['ttft_p50_ms']} | "
+              f"{r['ttft_p95_ms']} |")
+    print(f"step/static: p95 TTFT {step['ttft_p95_ms'] / max(static['ttft_p95_ms'], 1):.2f}x (bar: <= 0.33), "
+          f"output tokens/s {step['output_tokens_per_s'] / max(static['output_tokens_per_s'], 1e-9):.2f}x "
+          "(bar: >= 1)")
+    print()
+    print("| batch size 1 | output tokens/s | p50 TTFT ms |")
+    print("|---|---|---|")
+    for r in single:
+        print(f"| {r['served']} | {r['output_tokens_per_s']} | {r['ttft_p50_ms']} |")
+    merged_speed = single[0]["output_tokens_per_s"]
+    for r in single[1:]:
+        print(f"{r['served']}: {r['output_tokens_per_s'] / max(merged_speed, 1e-9):.2f}x the merged model's "
+              "tokens/s (bar: >= 0.90)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mixed": mixed, "single_adapter": single}, indent=2))
 
 
 def free_port() -> int:
@@ -162,6 +307,12 @@ def main() -> None:
         content.insert(0, {"type": "image_url", "image_url": {"url": small_image_data_url()}})
     body = {"messages": [{"role": "user", "content": content}], "max_tokens": args.max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
+
+    if args.workload == "engines":
+        run_engines(args, model_dir, body)
+        if scratch is not None:
+            scratch.cleanup()
+        return
 
     rows = []
     for backend, batch_size in [(b, size) for b in args.backend for size in args.batch_sizes]:

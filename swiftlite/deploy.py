@@ -50,6 +50,16 @@ def deploy(
     batch_wait_ms: Annotated[float, opt("batch_wait_ms", S + "how long a new batch may wait for requests still "
                                         "expected (the clients of the batch that just ended), in milliseconds.")] = 50.0,
     max_queue: Annotated[int, opt("max_queue", S + "most requests waiting for a batch; more get HTTP 429.")] = 256,
+    merge_lora: Annotated[bool, flag("merge_lora", S + "merge a LoRA --ckpt_dir into the weights in memory at load "
+                                     "when it is the only adapter served (no --lora_modules): as fast as a merged "
+                                     "checkpoint; false keeps peft's adapter layers.")] = True,
+    engine: Annotated[str, opt("engine", S + "static: batched decoding of whole batches, a new request waits for the "
+                               "running batch (default: the most tokens/s); step: rows join and leave between "
+                               "decode steps, each row decoded alone (lowest time to first token, fewer tokens/s; "
+                               "docs/deploy.md#engines).")] = "static",
+    max_num_batched_tokens: Annotated[int | None, opt("max_num_batched_tokens", S + "token budget of the running "
+                                                      "rows (each: prompt + max_tokens) with --engine step; requests "
+                                                      "over it wait (default: no budget, rows only).")] = None,
     shutdown_timeout: Annotated[float, opt("shutdown_timeout", S + "on SIGTERM/Ctrl-C, seconds in-flight requests "
                                            "may take to finish; then they end with finish_reason abort.")] = 10.0,
     log_level: Annotated[str, opt("log_level", S + "uvicorn log level: critical, error, warning, info, debug.")] = "info",
@@ -104,6 +114,7 @@ def deploy(
         device_map=device_map, use_hf=use_hf, max_pixels=max_pixels, api_key=api_key,
         served_model_name=served_model_name, lora_modules=lora_modules, max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
+        engine=engine, max_num_batched_tokens=max_num_batched_tokens, merge_lora=merge_lora,
         max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
         limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
         media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
@@ -119,8 +130,12 @@ def check_flags(flags: dict) -> None:
     """Fail on a bad flag before loading anything (the load can take minutes)."""
     from swiftlite.models.loading import DTYPE_ALIASES
 
-    positive = ("max_batch_size", "max_queue", "max_new_tokens", "max_request_bytes", "max_media_bytes",
-                "media_fetch_timeout", "request_timeout")
+    if flags["engine"] not in ("step", "static"):
+        raise UserError(f"--engine {flags['engine']}: expected step or static")
+    if flags["engine"] == "static" and flags["max_num_batched_tokens"] is not None:
+        raise UserError("--max_num_batched_tokens needs --engine step (the static engine admits by rows only)")
+    positive = ("max_batch_size", "max_queue", "max_num_batched_tokens", "max_new_tokens", "max_request_bytes",
+                "max_media_bytes", "media_fetch_timeout", "request_timeout")
     for name in positive:
         if flags[name] is not None and flags[name] <= 0:
             raise UserError(f"--{name} {flags[name]}: expected a positive number")
@@ -229,8 +244,10 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
               max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
-              cors_origins=None, host="127.0.0.1", request_timeout=30.0, infer_backend="pt", vllm_options=None):
+              cors_origins=None, host="127.0.0.1", request_timeout=30.0, infer_backend="pt", vllm_options=None,
+              engine="static", max_num_batched_tokens=None, merge_lora=True):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
+    from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine
     from swiftlite.media import MediaPolicy
     from swiftlite.models.checkpoint import load_for_inference
@@ -263,9 +280,13 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
     is_multimodal = any(kind in loaded.resolved.family.modalities for kind in ("image", "audio", "video"))
     root = str(loaded.checkpoint.ckpt_dir) if loaded.checkpoint else str(loaded.resolved.model_dir)
     modalities = tuple(loaded.resolved.family.modalities)
-    served = [ServedModel(name, "default" if loaded.adapters else None, root, None, is_chat, is_multimodal,
-                          modalities=modalities)]
     model_object = loaded.model
+    if infer_backend != "vllm" and merge_lora and loaded.adapters and not adapters and mergeable(model_object):
+        # One adapter and no base model to serve beside it: merged weights skip peft's LoRA layers at every step.
+        model_object = model_object.merge_and_unload()
+        model_object.eval()
+    served_adapter = "default" if loaded.adapters and hasattr(model_object, "peft_config") else None
+    served = [ServedModel(name, served_adapter, root, None, is_chat, is_multimodal, modalities=modalities)]
     for index, (adapter_name, path) in enumerate(adapters):
         if adapter_name == name:
             raise UserError(f"--lora_modules {adapter_name}={path}: the name is the served model's own; choose another")
@@ -278,15 +299,25 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
             check_adapter(Path(path))
         served.append(ServedModel(adapter_name, internal, path, name, is_chat, is_multimodal, modalities=modalities))
 
-    # 3. The engine that owns the model, and the HTTP app in front of it.
+    # 3. The engine that owns the model, and the HTTP app in front of it. The checkpoint's sampling defaults are
+    # read first: the step engine strips the model's generation_config for its life.
+    generation_config = getattr(model_object, "generation_config", None)
+    if generation_config is not None:
+        import copy
+
+        generation_config = copy.deepcopy(generation_config)
     metrics = Metrics()
     if infer_backend == "vllm":
         from swiftlite.engine.vllm_engine import VllmEngine
 
         engine = VllmEngine(model_object, max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
-    else:
+    elif engine == "static":
         engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
                                 batch_wait=batch_wait_ms / 1000, metrics=metrics)
+    else:
+        engine = StepEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
+                            batch_wait=batch_wait_ms / 1000, metrics=metrics,
+                            max_num_batched_tokens=max_num_batched_tokens)
     limits = RequestLimits(max_batch_size=max_batch_size, limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
                            max_model_len=max_model_len or model_max_length(loaded.tokenizer),
                            default_max_tokens=max_new_tokens)
@@ -295,8 +326,14 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
                               allowed_hosts=list(allowed_hosts) if allowed_hosts else None,
                               cors_origins=list(cors_origins) if cors_origins else None,
                               request_timeout=request_timeout)
-    generation_config = getattr(model_object, "generation_config", None)
     return create_app(engine, loaded.template, served, settings, generation_config, metrics)
+
+
+def mergeable(model) -> bool:
+    """Whether LoRA can be merged into the weights exactly: not into quantized (bitsandbytes, GPTQ...) layers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not (getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None
+                or getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
 
 
 def load_adapter(model, path: str, internal_name: str, public_name: str):

@@ -239,7 +239,8 @@ def test_a_failure_after_the_stream_started_is_an_error_event(qwen2_vl_dir, monk
         return real_generate(model, template, rows, params, on_delta=exploding_delta, **kwargs)
 
     monkeypatch.setattr(worker, "generate", failing_generate)
-    with running_server(model=str(qwen2_vl_dir), max_new_tokens=20) as server:
+    # worker.generate is the static engine's; tests/test_engine_step.py injects the same fault into the step engine.
+    with running_server(model=str(qwen2_vl_dir), max_new_tokens=20, engine="static") as server:
         body = {**user("hello"), "max_tokens": 20, "stream": True, "temperature": 0}
         with httpx.stream("POST", server.base_url + "/chat/completions", json=body) as response:
             assert response.status_code == 200

@@ -181,7 +181,9 @@ def test_sigterm_stops_accepting_finishes_in_flight_requests_and_exits_0(deploye
         next(lines)
         sender = threading.Thread(target=send_queued)
         sender.start()
-        wait_for(lambda: metric(deployed, "swiftlite_queue_length") == 1)
+        # The step engine runs it beside the stream at once (the static engine would queue it): either way it waits.
+        wait_for(lambda: metric(deployed, "swiftlite_queue_length") == 1
+                 or metric(deployed, "swiftlite_running_rows") == 2)
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         # The listening socket closes at once: new connections are refused while the two requests finish.

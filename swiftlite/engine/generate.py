@@ -336,7 +336,7 @@ def prompt_logprobs(model, batch: dict, params: list[SamplingParams], prompt_len
     return scored
 
 
-def _vocab_size(model) -> int | None:
+def vocab_size(model) -> int | None:
     config = getattr(model, "config", None)
     config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
     return getattr(config, "vocab_size", None)
@@ -370,6 +370,13 @@ _TOKEN_ID_FIELDS = ("eos_token_id", "pad_token_id", "bos_token_id", "decoder_sta
 _GENERATION_CONFIG_LOCK = threading.Lock()
 
 
+def token_ids_only(generation_config):
+    """A GenerationConfig with only the token ids of `generation_config`: nothing for generate() to fill in."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(**{name: getattr(generation_config, name, None) for name in _TOKEN_ID_FIELDS})
+
+
 @contextmanager
 def request_settings_only(model):
     """While `generate` runs, the model's generation_config holds token ids only.
@@ -382,14 +389,12 @@ def request_settings_only(model):
     that file by `SamplingParams.from_generation_config`. The lock keeps concurrent calls from restoring
     each other's swap.
     """
-    from transformers import GenerationConfig
-
     target = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
     original = getattr(target, "generation_config", None)
     if original is None:
         yield
         return
-    neutral = GenerationConfig(**{name: getattr(original, name, None) for name in _TOKEN_ID_FIELDS})
+    neutral = token_ids_only(original)
     with _GENERATION_CONFIG_LOCK:
         target.generation_config = neutral
         try:
@@ -417,7 +422,7 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
     prompt_lengths = [len(row["input_ids"]) for row in rows]
     tracker = RowTracker(template.tokenizer, params, prompt_lengths, on_delta, cancelled)
     tracker.pad_token_id = template.pad_token_id if template.pad_token_id is not None else 0
-    sampler = RowSampler(params, batch["input_ids"].device, tracker, _vocab_size(model))
+    sampler = RowSampler(params, batch["input_ids"].device, tracker, vocab_size(model))
     config = GenerationConfig(
         max_new_tokens=max(p.max_new_tokens for p in params), do_sample=False, num_beams=1,
         pad_token_id=template.pad_token_id, eos_token_id=None, bos_token_id=None,

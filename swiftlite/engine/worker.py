@@ -7,8 +7,8 @@ batch runs wait in a queue; when the batch ends, the worker takes as many waitin
 Rows keep their own sampling settings, stop words and LoRA adapter (`engine.generate` does the per-row work;
 rows for different adapters share a batch through peft's `adapter_names`).
 
-The HTTP layer sees only this narrow interface, so iteration-level batching (rows joining and leaving between
-decode steps) can replace the coalescing below without touching it:
+This is `mm deploy --engine static`. The default, `--engine step` (engine/step_loop.py, a subclass of this one),
+lets rows join and leave between decode steps; the HTTP layer sees only this narrow interface either way:
 
     stream = engine.submit(EngineRequest(rows, params, adapter))   # QueueFull at once when the queue is full
     async for event in stream: ...                                 # TokenDelta, ChoiceFinished, EngineFailed
@@ -58,6 +58,7 @@ class ChoiceFinished:
 class EngineFailed:
     message: str
     status: int = 500  # 503 when the server is shutting down: the request was fine, a retry elsewhere may work
+    code: str | None = None  # the error's code in the answer (default: by status)
 
 
 class QueueFull(Exception):

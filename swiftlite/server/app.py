@@ -363,7 +363,8 @@ class OpenAIServer:
 
 def failure(event: EngineFailed) -> APIError:
     """The engine's failure as an error: 500 for a failure of the model, 503 for a request cut off by shutdown."""
-    return APIError(event.status, event.message, code="shutting_down" if event.status == 503 else "generation_failed")
+    return APIError(event.status, event.message, code=event.code or ("shutting_down" if event.status == 503
+                                                                      else "generation_failed"))
 
 
 def create_app(engine, template, models: list[ServedModel], settings: ServerSettings,
