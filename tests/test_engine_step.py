@@ -1,4 +1,4 @@
-"""The step engine (`mm deploy --engine step`, the default): rows join and leave between decode steps, admission
+"""The step engine (`mm deploy --engine step`): rows join and leave between decode steps, admission
 by a token budget, an out-of-memory error fails only its own request, and one adapter is switched on per row
 instead of peft's mixed-batch path. Every test runs the tiny real checkpoints through a real server."""
 
@@ -26,23 +26,38 @@ class LongStream:
     def __init__(self, server, content: str, max_tokens: int, **extra):
         self.started, self.done = threading.Event(), threading.Event()
         self.chunks = 0
+        self.completion_tokens = None  # from the stream's usage chunk
         body = dict(model=server.app.state.server.models[0].name, max_tokens=max_tokens, stream=True,
-                    messages=[{"role": "user", "content": content}], **extra)
+                    stream_options={"include_usage": True}, messages=[{"role": "user", "content": content}], **extra)
         self.thread = threading.Thread(target=self._read, args=(server.base_url, body), daemon=True)
         self.thread.start()
 
     def _read(self, base_url, body):
         with httpx.stream("POST", base_url + "/chat/completions", json=body, timeout=300) as response:
             for line in response.iter_lines():
-                if line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk["choices"]:
                     self.chunks += 1
                     self.started.set()
+                if chunk.get("usage"):
+                    self.completion_tokens = chunk["usage"]["completion_tokens"]
         self.done.set()
 
 
 @pytest.fixture(scope="module")
-def step_server(qwen2_vl_dir):
-    with running_server(model=str(qwen2_vl_dir), max_batch_size=8, max_new_tokens=8, batch_wait_ms=0) as running:
+def never_stopping_dir(qwen2_vl_dir, tmp_path_factory):
+    from swiftlite.testing.tiny import never_stopping_copy
+
+    # Long rows must run to their max_tokens (the tiny model would otherwise stop by itself).
+    return never_stopping_copy(qwen2_vl_dir, tmp_path_factory.mktemp("never_stopping") / "qwen2-vl")
+
+
+@pytest.fixture(scope="module")
+def step_server(never_stopping_dir):
+    with running_server(engine="step", model=str(never_stopping_dir), max_batch_size=8, max_new_tokens=8,
+                        batch_wait_ms=0) as running:
         yield running
 
 
@@ -56,7 +71,7 @@ def test_a_request_arriving_mid_batch_finishes_before_the_long_row(step_server):
     assert short.json()["usage"]["completion_tokens"] == 4
     assert not long.done.is_set()  # the long row is still running: the short one did not wait for it
     long.thread.join(300)
-    assert long.chunks >= 300
+    assert long.completion_tokens == 400  # the long row ran to its end
 
 
 def test_a_row_in_a_busy_engine_equals_the_row_alone(step_server):
@@ -82,7 +97,7 @@ def test_a_row_in_a_busy_engine_equals_the_row_alone(step_server):
 
 def test_over_the_token_budget_waits_and_over_the_queue_gets_429(qwen2_vl_dir):
     # Budget 300 tokens: the long request (prompt + 250) fills it, the next waits (queue of one), the third is a 429.
-    with running_server(model=str(qwen2_vl_dir), max_batch_size=8, max_queue=1, max_num_batched_tokens=300,
+    with running_server(engine="step", model=str(qwen2_vl_dir), max_batch_size=8, max_queue=1, max_num_batched_tokens=300,
                         batch_wait_ms=0) as server:
         long = LongStream(server, "tell a long story", max_tokens=250, temperature=0)
         assert long.started.wait(120)
@@ -100,12 +115,12 @@ def test_over_the_token_budget_waits_and_over_the_queue_gets_429(qwen2_vl_dir):
         assert chat(server, "hi", 4).status_code == 200
 
 
-def test_an_allocation_failure_fails_only_its_request_with_503(qwen2_vl_dir):
+def test_an_allocation_failure_fails_only_its_request_with_503(never_stopping_dir):
     # CPU memory has no limit to hit in a test, so one row really allocates more than any machine has
     # (4 TiB, at its prefill: the prompt of 'POISON'); the allocator's error is what an OOM looks like on CPU.
     import torch
 
-    with running_server(model=str(qwen2_vl_dir), max_batch_size=8, batch_wait_ms=0) as server:
+    with running_server(engine="step", model=str(never_stopping_dir), max_batch_size=8, batch_wait_ms=0) as server:
         engine = server.app.state.server.engine
 
         def allocate(module, args, kwargs):
@@ -122,7 +137,7 @@ def test_an_allocation_failure_fails_only_its_request_with_503(qwen2_vl_dir):
             assert failed.json()["error"]["code"] == "out_of_memory"
             assert "out of memory for this request" in failed.json()["error"]["message"]
             long.thread.join(300)
-            assert long.chunks >= 100  # the running row went on to its end
+            assert long.completion_tokens == 120  # the running row went on to its end
             after = chat(server, "hello", 4)
             assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 4
         finally:
@@ -167,7 +182,7 @@ def test_a_failure_after_the_stream_started_is_an_error_event_and_the_server_goe
     """Fault injection into the real model: its fourth forward pass (the third decode step) raises, as a device
     error would. The stream has sent text already, so it ends with an error event (no [DONE]); the next
     request is answered."""
-    with running_server(model=str(qwen2_vl_dir), max_new_tokens=20, batch_wait_ms=0) as server:
+    with running_server(engine="step", model=str(qwen2_vl_dir), max_new_tokens=20, batch_wait_ms=0) as server:
         engine = server.app.state.server.engine
         forwards = []
 
@@ -193,7 +208,7 @@ def test_a_failure_after_the_stream_started_is_an_error_event_and_the_server_goe
 
 @pytest.mark.parametrize("args,words", [
     (["--engine", "fast"], "--engine fast: expected step or static"),
-    (["--max_num_batched_tokens", "0"], "--max_num_batched_tokens 0"),
+    (["--engine", "step", "--max_num_batched_tokens", "0"], "--max_num_batched_tokens 0"),
     (["--engine", "static", "--max_num_batched_tokens", "4096"], "needs --engine step"),
 ])
 def test_engine_flag_mistakes_are_one_line(qwen2_vl_dir, args, words):

@@ -25,9 +25,11 @@ def qwen3_dir(tmp_path_factory):
     return build_tiny_checkpoint("qwen3", tmp_path_factory.mktemp("tiny") / "qwen3")
 
 
-@pytest.fixture(scope="module")
-def server(qwen3_dir):
-    with running_server(model=str(qwen3_dir), max_batch_size=8) as running:
+@pytest.fixture(scope="module", params=["static", "step"])
+def server(qwen3_dir, request):
+    # Both engines: the per-row features (echo scoring, logit_bias, penalties, streamed logprobs) live in the
+    # shared row sampler, and each engine must call it the same way.
+    with running_server(model=str(qwen3_dir), max_batch_size=8, engine=request.param) as running:
         yield running
 
 
