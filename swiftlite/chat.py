@@ -230,7 +230,7 @@ class ChatSession:
     def answer(self, loaded, row: dict) -> str | None:
         """Print the answer (streamed or whole) and the separator; None when Ctrl-C stopped it."""
         from swiftlite.engine.generate import generate
-        from swiftlite.inference import StreamingGeneration, quiet_generation_flag_warning
+        from swiftlite.infer_api import StreamingGeneration, quiet_generation_flag_warning
 
         quiet_generation_flag_warning()
         params = self.make_params()

@@ -307,7 +307,7 @@ def run_chat(target: Target, load: dict, sampling: dict, stop_words, stream: boo
     state = {}
 
     def make_params():
-        from swiftlite.inference import sampling_params
+        from swiftlite.infer_api import sampling_params
 
         return sampling_params(state["model"], None, stop_words, **sampling)
 
@@ -406,7 +406,7 @@ def run_batch(loaded, rows: list, sampling: dict, stop_words, max_batch_size: in
     """Every row through the model, `max_batch_size` at a time, with a progress bar; results in file order."""
     from tqdm import tqdm
 
-    from swiftlite.inference import quiet_generation_flag_warning
+    from swiftlite.infer_api import quiet_generation_flag_warning
 
     quiet_generation_flag_warning()
     started, generated, failed = time.perf_counter(), 0, 0
@@ -441,7 +441,7 @@ def run_rows(loaded, rows: list, first_index: int, sampling: dict, stop_words, s
 
     Returns (result records, tokens generated, rows skipped)."""
     from swiftlite.engine.generate import generate
-    from swiftlite.inference import sampling_params
+    from swiftlite.infer_api import sampling_params
     from swiftlite.media import MediaError
     from swiftlite.templates.base import TemplateError
 

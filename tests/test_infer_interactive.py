@@ -148,7 +148,7 @@ class ScriptedInput:
 def run_session(loaded, meta, lines, make_params=None, out=None, **settings):
     from swiftlite.chat import ChatSession
     from swiftlite.infer import ResultWriter
-    from swiftlite.inference import sampling_params
+    from swiftlite.infer_api import sampling_params
 
     writer = ResultWriter(settings.pop("result_dir"))
     reader, out = ScriptedInput(lines), out or io.StringIO()
@@ -200,7 +200,7 @@ class InterruptOnFirstAnswer(io.StringIO):
 
 
 def test_ctrl_c_while_answering_stops_only_that_answer(loaded_qwen, tmp_path):
-    from swiftlite.inference import sampling_params
+    from swiftlite.infer_api import sampling_params
 
     budgets = iter([100000, 3])  # the first answer would run for minutes unless Ctrl-C stops it
     out = InterruptOnFirstAnswer()

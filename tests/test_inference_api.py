@@ -207,3 +207,16 @@ def test_generation_config_without_do_sample_means_greedy(tiny_checkpoints):
     template = get_template(tokenizer.swiftlite_template_type, tokenizer)
     answers = {inference(model, template, "what is in this image", max_new_tokens=8)[0] for _ in range(3)}
     assert len(answers) == 1
+
+
+def test_the_api_names_stay_functions_whatever_was_imported_first():
+    # ms-swift's snippets import these names in any order (and `mm infer` imports their module first): the
+    # package attribute must stay the function, never become a submodule of the same name.
+    import subprocess
+    import sys
+
+    code = ("import swiftlite.infer_api, swiftlite.chat\n"
+            "from swiftlite import inference_stream, inference, get_model_tokenizer\n"
+            "print(callable(inference), callable(inference_stream), callable(get_model_tokenizer))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "True", "True"], result.stderr

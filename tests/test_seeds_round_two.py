@@ -89,8 +89,7 @@ def qwen_model(qwen2_vl_dir):
 
 
 def test_rtp_llm_placeholder_binds_urls_through_inference(qwen_model, shape_images):
-    # (From the module: once swiftlite.inference is imported, `from swiftlite import inference` is the module.)
-    from swiftlite.inference import build_conversation, inference, inference_stream
+    from swiftlite.infer_api import build_conversation, inference, inference_stream
     from swiftlite.media import MediaError
 
     model, template = qwen_model
