@@ -11,5 +11,5 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torchvision" >
     "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 fi
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/lane_torchvision.py tests/test_template_fidelity.py \
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/lane_torchvision.py tests/lane_video.py tests/test_template_fidelity.py \
     tests/test_processor_layouts.py -k "not todays_layout or qwen2-vl or llava1_5" "$@"

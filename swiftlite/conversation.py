@@ -19,6 +19,7 @@ class Conversation:
     messages: list[dict] = field(default_factory=list)  # [{"role": ..., "content": str}]
     images: list = field(default_factory=list)
     audios: list = field(default_factory=list)
+    videos: list = field(default_factory=list)  # one per <video> placeholder, in order
 
     @property
     def system(self) -> str | None:

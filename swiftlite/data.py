@@ -31,6 +31,7 @@ from pathlib import Path
 from swiftlite.conversation import Conversation, validate_roles
 from swiftlite.errors import UserError
 from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text
+from swiftlite.video import VIDEO_PLACEHOLDER
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv")
 ROLE_NAMES = {
@@ -236,7 +237,7 @@ def _read_csv(path: Path, name: str) -> list:
 def _csv_value(key: str, value: str):
     # Structured columns (conversations, messages, history, images) are written as JSON inside a cell.
     stripped = value.strip()
-    if stripped[:1] in "[{" and key in ("conversations", "messages", "history", "images", "audios"):
+    if stripped[:1] in "[{" and key in ("conversations", "messages", "history", "images", "audios", "videos"):
         try:
             return json.loads(stripped)
         except json.JSONDecodeError as error:
@@ -301,9 +302,9 @@ def detect_format(record) -> str:
 def record_to_conversation(record, base_dir: str | None = None, require_response: bool = True) -> Conversation:
     """Normalise one row of any supported format into a Conversation, checking it can be trained on."""
     row_format = detect_format(record)
-    from swiftlite.video import has_video, video_error
+    from swiftlite.video import has_video, video_error, videos_supported
 
-    if isinstance(record, dict) and has_video(record):
+    if isinstance(record, dict) and has_video(record) and not videos_supported():
         raise RowError(video_error())
     if row_format == "conversations":
         messages = _conversations_messages(record["conversations"])
@@ -318,6 +319,8 @@ def record_to_conversation(record, base_dir: str | None = None, require_response
     conversation = _bind_media(messages, images, audios)
     conversation.images = [_resolve_path(source, base_dir, "image") for source in conversation.images]
     conversation.audios = [_resolve_path(source, base_dir, "audio") for source in conversation.audios]
+    _bind_videos(conversation, _media_list(record, "videos", "video"))
+    conversation.videos = [_resolve_path(source, base_dir, "video") for source in conversation.videos]
     _check(conversation, require_response)
     return conversation
 
@@ -468,6 +471,24 @@ def _bind_media(messages: list[tuple[str, object]], images: list, audios: list) 
         texts[first_user] = prefix + texts[first_user]
     conversation_messages = [{"role": role, "content": text} for (role, _), text in zip(messages, texts)]
     return Conversation(conversation_messages, _fill(image_slots, images, "image"), _fill(audio_slots, audios, "audio"))
+
+
+def _bind_videos(conversation: Conversation, videos: list) -> None:
+    """ms-swift's `<video>` placeholders and `videos` column: one video per placeholder, in order; with no
+    placeholder at all the listed videos go to the start of the first user turn (as images do)."""
+    placed = sum(message["content"].count(VIDEO_PLACEHOLDER) for message in conversation.messages)
+    for index, message in enumerate(conversation.messages):
+        if message["role"] != "user" and VIDEO_PLACEHOLDER in message["content"]:
+            raise RowError(f"turn {index} ({message['role']}): only user turns may hold videos")
+    if videos and not placed:
+        first_user = next((m for m in conversation.messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise RowError("the row has no user turn")
+        first_user["content"] = VIDEO_PLACEHOLDER * len(videos) + first_user["content"]
+        placed = len(videos)
+    if placed != len(videos):
+        raise RowError(f"{placed} {VIDEO_PLACEHOLDER} placeholder(s) but {len(videos)} video(s) listed in 'videos'")
+    conversation.videos = list(videos)
 
 
 def _looks_local(source) -> bool:

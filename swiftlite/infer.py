@@ -337,7 +337,8 @@ def split_row(conversation) -> dict:
     body = messages[1:] if system is not None else messages
     history = [[body[i]["content"], body[i + 1]["content"]] for i in range(0, len(body) - 1, 2)]
     return {
-        "prompt": Conversation(messages, list(conversation.images), list(conversation.audios)),
+        "prompt": Conversation(messages, list(conversation.images), list(conversation.audios),
+                               list(conversation.videos)),
         "record": {"system": system, "query": body[-1]["content"], "response": None, "label": label,
                    "history": history, "images": [str(i) if isinstance(i, Path) else i for i in conversation.images]},
         "audios": list(conversation.audios),

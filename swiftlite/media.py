@@ -459,11 +459,13 @@ def _url_field(part: dict, key: str, index: int):
     return value
 
 
-def content_parts_to_text(parts) -> tuple[str, list, list]:
+def content_parts_to_text(parts, videos: list | None = None) -> tuple[str, list, list]:
     """OpenAI chat ``content`` (a string or a list of parts) -> (text, images, audios).
 
     Each media part becomes a placeholder at its position; text parts are joined with
     no separator, and ``<img>``/``<audio>`` tags inside them are extracted too.
+    `video_url` / `video` parts are appended to `videos` (a `<video>` placeholder in the text) when the caller
+    passes that list and torchvision is installed; otherwise they are refused with one line.
     """
     if parts is None:  # e.g. an assistant message that only has tool calls
         return "", [], []
@@ -513,9 +515,17 @@ def content_parts_to_text(parts) -> tuple[str, list, list]:
             audios.append(data if data.startswith("data:") else f"data:audio/{audio_format};base64,{data}")
             pieces.append(AUDIO_PLACEHOLDER)
         elif kind in ("video_url", "video"):
-            from swiftlite.video import video_error
+            from swiftlite.video import VIDEO_PLACEHOLDER, video_error, videos_supported
 
-            raise MediaError(video_error(f"content part {index} (type '{kind}')"))
+            if videos is None or not videos_supported():
+                raise MediaError(video_error(f"content part {index} (type '{kind}')"))
+            if kind == "video_url":
+                videos.append(_url_field(part, "video_url", index))
+            elif part.get("video") is None:
+                raise MediaError(f"content part {index} (type 'video') needs a 'video' field")
+            else:
+                videos.append(part["video"])
+            pieces.append(VIDEO_PLACEHOLDER)
         else:
             raise MediaError(f"content part {index} has unsupported type '{kind}'")
     return "".join(pieces), images, audios

@@ -1,14 +1,60 @@
-"""Video input: where swiftlite stands.
+"""Video input: decoding a clip into the frames the official video processors take.
 
 transformers' video processors (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, InternVL3, GLM-4.1V) are
-torchvision-only, and swiftlite does not yet decode and encode videos itself. So a video anywhere (a `<video>`
-placeholder or a `videos` column in a dataset row, a `video_url` / `video` content part) is refused with one
-line that says why, instead of being read as text or dropped.
+torchvision-only, so without torchvision a video anywhere (a `<video>` placeholder or a `videos` column in a
+dataset row, a `video_url` / `video` content part) is refused with one line naming it.
+
+With torchvision, a video source (path, URL, data URL: read under the same MediaPolicy as images) is decoded with
+PyAV here, not by the processor, so that the decode work is bounded before any frame is decoded: the declared
+frame size and duration are checked first, frames are sampled at FPS (ms-swift's env vars: FPS, FPS_MIN_FRAMES,
+FPS_MAX_FRAMES, VIDEO_MAX_PIXELS), and decoding stops at the last frame kept. The sampled frames go to the
+processor's `videos=` argument with `do_sample_frames=False`; the tokens they expand to are counted in
+max_length like any other.
 """
 
 from __future__ import annotations
 
+import io
+import os
+from dataclasses import dataclass
+
 VIDEO_PLACEHOLDER = "<video>"
+
+# Hard bounds on what a declared stream may ask of the decoder, whatever the env vars say: a hostile clip
+# declaring a huge frame or an hours-long stream is refused before decoding.
+MAX_DECLARED_PIXELS = 4096 * 4096
+MAX_DECODED_FRAMES = 100_000  # frames walked through (decoded) to reach the sampled ones
+
+
+@dataclass
+class VideoSettings:
+    """ms-swift's names and defaults (swift/llm/template/vision_utils.py)."""
+
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 64
+    max_pixels: int = 128 * 28 * 28  # per frame
+
+    @classmethod
+    def from_env(cls) -> "VideoSettings":
+        from swiftlite.media import MediaError
+
+        def read(name, cast, default):
+            value = os.environ.get(name)
+            if value is None or value == "":
+                return default
+            try:
+                result = cast(value)
+            except ValueError:
+                raise MediaError(f"environment variable {name}={value!r} is not a number") from None
+            if result <= 0:
+                raise MediaError(f"environment variable {name}={value!r} must be positive")
+            return result
+
+        base = cls()
+        return cls(fps=read("FPS", float, base.fps), min_frames=read("FPS_MIN_FRAMES", int, base.min_frames),
+                   max_frames=read("FPS_MAX_FRAMES", int, base.max_frames),
+                   max_pixels=read("VIDEO_MAX_PIXELS", int, base.max_pixels))
 
 
 def video_error(where: str = "") -> str:
@@ -18,7 +64,13 @@ def video_error(where: str = "") -> str:
     if not has_torchvision():
         return (f"{prefix}videos need torchvision (transformers' video processors are torchvision-only): "
                 "pip install torchvision (the build matching your torch); meanwhile send frames as images")
-    return f"{prefix}video input is not supported by swiftlite yet: send frames as images"
+    return f"{prefix}this model takes no videos"
+
+
+def videos_supported() -> bool:
+    from swiftlite.models.processors import has_torchvision
+
+    return has_torchvision()
 
 
 def has_video(record: dict) -> bool:
@@ -36,3 +88,111 @@ def _texts(value) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(_texts(v) for v in value)
     return ""
+
+
+def sample_indices(total: int, source_fps: float, settings: VideoSettings) -> list[int]:
+    """Frame indices kept: `settings.fps` frames a second, between min_frames and max_frames (fewer only when the
+    clip has fewer), evenly spread; an even count, as the Qwen processors pair frames (temporal_patch_size 2)."""
+    duration = total / source_fps if source_fps > 0 else total
+    wanted = round(duration * settings.fps)
+    wanted = max(settings.min_frames, min(settings.max_frames, wanted))
+    wanted = min(wanted, total)
+    if wanted > 1 and wanted % 2:
+        wanted -= 1
+    wanted = max(wanted, 1)
+    if wanted == 1:
+        return [0]
+    return [round(i * (total - 1) / (wanted - 1)) for i in range(wanted)]
+
+
+def load_video(source, policy=None, settings: VideoSettings | None = None):
+    """A video source -> (frames uint8 array [T, H, W, 3], metadata dict for the processor).
+
+    Raises MediaError (one line naming the source) for anything wrong with the clip."""
+    import numpy as np
+
+    from swiftlite.media import MediaError, MediaPolicy, read_media_bytes, short
+
+    policy = policy or MediaPolicy()
+    settings = settings or VideoSettings.from_env()
+    if isinstance(source, dict):
+        source = source.get("bytes") or source.get("path")
+    data = read_media_bytes(source, policy, "video")
+    try:
+        import av
+    except ImportError:
+        raise MediaError("videos need PyAV to decode: pip install av") from None
+    try:
+        container = av.open(io.BytesIO(data))
+    except Exception as error:  # untrusted bytes: any decoder error means "bad video"
+        raise MediaError(f"cannot decode video from {short(source)}: {error}") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"no video stream in {short(source)}")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height or width * height > MAX_DECLARED_PIXELS:
+            raise MediaError(f"video {short(source)} declares a {width}x{height} frame "
+                             f"(at most {MAX_DECLARED_PIXELS} pixels are decoded)")
+        source_fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        total = stream.frames
+        if not total and stream.duration and stream.time_base:
+            total = int(float(stream.duration * stream.time_base) * source_fps)
+        if total > MAX_DECODED_FRAMES:
+            raise MediaError(f"video {short(source)} declares {total} frames (at most {MAX_DECODED_FRAMES} are read)")
+        scale = min(1.0, (settings.max_pixels / (width * height)) ** 0.5)
+        size = (max(28, int(width * scale)), max(28, int(height * scale)))
+        frames = []
+        try:
+            if total:
+                keep = set(sample_indices(total, source_fps, settings))
+                last = max(keep)
+                for index, frame in enumerate(container.decode(stream)):
+                    if index in keep:
+                        frames.append(frame.to_image().convert("RGB").resize(size))
+                    if index >= last:
+                        break
+            else:  # no declared length: decode up to the frame budget, then sample
+                decoded = []
+                for index, frame in enumerate(container.decode(stream)):
+                    if index >= MAX_DECODED_FRAMES:
+                        raise MediaError(f"video {short(source)} has over {MAX_DECODED_FRAMES} frames")
+                    decoded.append(frame)
+                    if len(decoded) > settings.max_frames * 8:  # keep memory bounded: thin as we go
+                        decoded = decoded[::2]
+                total = len(decoded)
+                frames = [decoded[i].to_image().convert("RGB").resize(size)
+                          for i in sample_indices(total, source_fps, settings)] if decoded else []
+        except MediaError:
+            raise
+        except Exception as error:
+            raise MediaError(f"cannot decode video from {short(source)}: {error}") from None
+    if not frames:
+        raise MediaError(f"video {short(source)} has no frames")
+    if len(frames) > 1 and len(frames) % 2:
+        frames = frames[:-1]
+    array = np.stack([np.asarray(frame) for frame in frames])
+    duration = total / source_fps
+    # The frames handed over are the whole "video" the processor sees: its rate is the rate they were kept at.
+    metadata = {"total_num_frames": len(frames), "fps": len(frames) / duration if duration else settings.fps,
+                "duration": duration, "frames_indices": list(range(len(frames)))}
+    return array, metadata
+
+
+def write_test_clip(path, frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 4, seed: int = 0) -> str:
+    """A small mp4 (mpeg4) written with PyAV: moving colour blocks, different for each seed (for tests)."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for index in range(frames):
+            image = np.roll(base, shift=index * 4, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)

@@ -206,6 +206,9 @@ def _common(body: dict, limits: RequestLimits) -> dict:
             "max_tokens": _integer(body, "max_tokens", minimum=1)}
 
 
+MAX_VIDEOS_PER_PROMPT = 2
+
+
 def _check_media_limits(images: list, audios: list, limits: RequestLimits, param: str) -> None:
     for kind, items in (("image", images), ("audio", audios)):
         limit = limits.limit_mm_per_prompt.get(kind)
@@ -242,7 +245,7 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
         if content is None and role != "assistant":
             raise bad_request(f"{param}.content is missing", param=f"{param}.content")
         try:
-            text, images, audios = content_parts_to_text(_normalise_parts(content))
+            text, images, audios = content_parts_to_text(_normalise_parts(content), videos=conversation.videos)
         except MediaError as error:
             raise bad_request(f"{param}.content: {error}", param=f"{param}.content", code="invalid_content") from None
         conversation.messages.append({"role": ROLES[role], "content": text})
@@ -255,6 +258,10 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
     conversation.audios += _string_list(body, "audios")
     bind_unplaced_media(conversation)
     _check_media_limits(conversation.images, conversation.audios, limits, "messages")
+    if len(conversation.videos) > MAX_VIDEOS_PER_PROMPT:
+        # Each video costs a bounded decode (swiftlite/video.py); a request still may not ask for many.
+        raise bad_request(f"{len(conversation.videos)} videos in one prompt, but this server takes at most "
+                          f"{MAX_VIDEOS_PER_PROMPT}", param="messages", code="too_many_videos")
 
     common["sampling"].update(logprobs=logprobs, top_logprobs=top_logprobs)
     return ParsedRequest("chat", common["model"], [conversation], common["sampling"], max_tokens, common["n"],
@@ -267,7 +274,7 @@ def _normalise_parts(content):
         return content
     parts = []
     for part in content:
-        if isinstance(part, dict) and part.get("type") in ("audio", "image"):
+        if isinstance(part, dict) and part.get("type") in ("audio", "image", "video"):
             kind = part["type"]
             if part.get(kind) is None and part.get(f"{kind}_url") is not None:
                 part = {"type": f"{kind}_url", f"{kind}_url": part[f"{kind}_url"]}
