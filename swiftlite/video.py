@@ -80,6 +80,24 @@ def has_video(record: dict) -> bool:
     return VIDEO_PLACEHOLDER in _texts(record)
 
 
+def extract_video_tags(text: str) -> tuple[str, list[str]]:
+    """``<video>SRC</video>`` tags (the chat's, as ms-swift writes them) -> ``<video>`` placeholders + sources."""
+    import re
+
+    from swiftlite.media import MediaError, short
+
+    sources: list[str] = []
+
+    def replace(match) -> str:
+        source = match.group(1).strip()
+        if not source:
+            raise MediaError(f"empty <video></video> tag in text: {short(text)}")
+        sources.append(source)
+        return VIDEO_PLACEHOLDER
+
+    return re.sub(r"<video>([^<>]*)</video>", replace, text), sources
+
+
 def _texts(value) -> str:
     if isinstance(value, str):
         return value

@@ -21,7 +21,9 @@ from swiftlite.models.loading import load_tokenizer, resolve_model
 from swiftlite.templates import get_template
 from swiftlite.video import VideoSettings, load_video, write_test_clip
 
-VIDEO_FAMILIES = ["qwen2-vl", "llava_onevision"]
+VIDEO_FAMILIES = ["qwen2-vl", "llava_onevision"]  # the full sft -> infer -> deploy run
+# Every family the registry marks video=True (docs/models.md's video column): encoded and run forward here.
+WORKING = ["qwen2-vl", "qwen2_5-vl", "qwen3-vl", "llava_onevision", "internvl3", "glm4_1v"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def checkpoints(tmp_path_factory):
     from swiftlite.testing import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("video")
-    return {name: build_tiny_checkpoint(name, root / name) for name in VIDEO_FAMILIES + ["qwen2_5", "qwen2_5-vl"]}
+    return {name: build_tiny_checkpoint(name, root / name) for name in WORKING + ["qwen2_5"]}
 
 
 def bind(directory):
@@ -91,12 +93,16 @@ def test_bad_and_hostile_videos_are_one_line(checkpoints, tmp_path):
         bind(checkpoints["qwen2_5"]).encode(ask(huge))
 
 
-def test_different_clips_give_different_answers(checkpoints, tmp_path):
-    # The video reaches the model: two clips, same question, different greedy logits.
+@pytest.mark.parametrize("family_name", WORKING)
+def test_different_clips_give_different_logits(checkpoints, tmp_path, family_name):
+    # The video reaches the model: two clips, same question, different next-token logits.
     import torch
     from transformers import AutoModelForImageTextToText
 
-    directory = checkpoints["qwen2-vl"]
+    from swiftlite.models import FAMILIES
+
+    assert FAMILIES[family_name].video  # docs/models.md's video column says so
+    directory = checkpoints[family_name]
     template = bind(directory)
     model = AutoModelForImageTextToText.from_pretrained(directory).eval()
     logits = []
@@ -155,3 +161,31 @@ def test_video_sft_infer_deploy(checkpoints, tmp_path, capsys, family_name):
         assert outside.status_code == 400, outside.text  # the media policy applies to videos too
         broken = chat([{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}, question])
         assert broken.status_code == 400 and "video" in broken.json()["error"]["message"]
+
+
+def test_video_in_the_interactive_chat(checkpoints, tmp_path):
+    # `<video>` asks for a source (as `<image>` does); `<video>SRC</video>` is taken as typed; both reach the model.
+    import pexpect
+    from test_infer_interactive import SEPARATOR, results, spawn_chat, transcript
+
+    clip = write_test_clip(tmp_path / "clip.mp4")
+    child = spawn_chat(checkpoints["qwen2-vl"], tmp_path, "--max_new_tokens", "3")
+    child.expect_exact("<<< ")
+    child.sendline("<video> what happens?")
+    child.expect_exact("Input a video path or URL <<< ")
+    child.sendline(str(clip))
+    child.expect_exact(SEPARATOR)
+    child.expect_exact("<<< ")
+    child.sendline(f"and here <video>{clip}</video>?")
+    child.expect_exact(SEPARATOR)
+    child.expect_exact("<<< ")
+    child.sendline("<video>/no/such/clip.mp4</video> this one")
+    child.expect_exact("video file not found: /no/such/clip.mp4")
+    child.expect_exact("<<< ")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "Traceback" not in transcript(child)
+    rows = results(tmp_path)
+    assert [row["query"] for row in rows] == ["<video> what happens?", "and here <video>?"]
+    assert rows[1]["videos"] == [str(clip), str(clip)]
