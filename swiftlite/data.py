@@ -31,7 +31,7 @@ from pathlib import Path
 from swiftlite.conversation import Conversation, validate_roles
 from swiftlite.errors import UserError
 from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text
-from swiftlite.video import VIDEO_PLACEHOLDER
+from swiftlite.video import VIDEO_PLACEHOLDER, has_video, video_error, videos_supported
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv")
 ROLE_NAMES = {
@@ -42,6 +42,7 @@ ROLE_NAMES = {
 # `<img>src</img>` tag or a bare `<image>` placeholder, in order of appearance (same for audio).
 _IMAGE_SLOT_RE = re.compile(r"<img>([^<>]*)</img>|<image>")
 _AUDIO_SLOT_RE = re.compile(r"<audio>([^<>]*)</audio>|<audio>")
+_VIDEO_SLOT_RE = re.compile(r"<video>([^<>]*)</video>|<video>")
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
 _SAMPLE_SUFFIX_RE = re.compile(r"^(.*)#(\d+)$")
 
@@ -302,8 +303,6 @@ def detect_format(record) -> str:
 def record_to_conversation(record, base_dir: str | None = None, require_response: bool = True) -> Conversation:
     """Normalise one row of any supported format into a Conversation, checking it can be trained on."""
     row_format = detect_format(record)
-    from swiftlite.video import has_video, video_error, videos_supported
-
     if isinstance(record, dict) and has_video(record) and not videos_supported():
         raise RowError(video_error())
     if row_format == "conversations":
@@ -425,6 +424,14 @@ def _content_slots(content, index: int) -> tuple[str, list, list]:
     for part in content:
         if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
             text, images, audios = _content_slots(part["text"], index)
+        elif isinstance(part, dict) and part.get("type") in ("video_url", "video") and videos_supported():
+            # Written as a tag, bound with the `videos` column in _bind_videos.
+            try:
+                sources: list = []
+                content_parts_to_text([part], videos=sources)
+            except MediaError as error:
+                raise RowError(f"turn {index}: {error}") from None
+            text, images, audios = f"<video>{sources[0]}</video>", [], []
         else:
             try:
                 text, images, audios = content_parts_to_text([part])
@@ -439,7 +446,7 @@ def _content_slots(content, index: int) -> tuple[str, list, list]:
 def _fill(slots: list, listed: list, kind: str) -> list:
     empty = sum(slot is None for slot in slots)
     if empty != len(listed):
-        placeholder = IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER
+        placeholder = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}.get(kind, VIDEO_PLACEHOLDER)
         raise RowError(f"{empty} {placeholder} placeholder(s) but {len(listed)} {kind}(s) listed in '{kind}s'")
     remaining = iter(listed)
     return [next(remaining) if slot is None else slot for slot in slots]
@@ -474,21 +481,23 @@ def _bind_media(messages: list[tuple[str, object]], images: list, audios: list) 
 
 
 def _bind_videos(conversation: Conversation, videos: list) -> None:
-    """ms-swift's `<video>` placeholders and `videos` column: one video per placeholder, in order; with no
-    placeholder at all the listed videos go to the start of the first user turn (as images do)."""
-    placed = sum(message["content"].count(VIDEO_PLACEHOLDER) for message in conversation.messages)
+    """ms-swift's `<video>` placeholders and `videos` column (and `<video>SRC</video>` tags, which video parts
+    become): each bare placeholder takes the next listed video; with no placeholder at all the listed videos go
+    to the start of the first user turn (as images do)."""
+    slots: list = []
     for index, message in enumerate(conversation.messages):
-        if message["role"] != "user" and VIDEO_PLACEHOLDER in message["content"]:
+        text, here = _slots(message["content"], _VIDEO_SLOT_RE, VIDEO_PLACEHOLDER)
+        if message["role"] != "user" and here:
             raise RowError(f"turn {index} ({message['role']}): only user turns may hold videos")
-    if videos and not placed:
+        message["content"] = text
+        slots += here
+    if videos and not slots:
         first_user = next((m for m in conversation.messages if m["role"] == "user"), None)
         if first_user is None:
             raise RowError("the row has no user turn")
         first_user["content"] = VIDEO_PLACEHOLDER * len(videos) + first_user["content"]
-        placed = len(videos)
-    if placed != len(videos):
-        raise RowError(f"{placed} {VIDEO_PLACEHOLDER} placeholder(s) but {len(videos)} video(s) listed in 'videos'")
-    conversation.videos = list(videos)
+        slots = [None] * len(videos)
+    conversation.videos = _fill(slots, videos, "video")
 
 
 def _looks_local(source) -> bool:

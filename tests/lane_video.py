@@ -189,3 +189,28 @@ def test_video_in_the_interactive_chat(checkpoints, tmp_path):
     rows = results(tmp_path)
     assert [row["query"] for row in rows] == ["<video> what happens?", "and here <video>?"]
     assert rows[1]["videos"] == [str(clip), str(clip)]
+
+
+def test_dataset_rows_bind_videos_in_ms_swift_spellings(tmp_path):
+    from swiftlite.data import RowError, record_to_conversation
+
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    reply = {"role": "assistant", "content": "ok"}
+    row = record_to_conversation({"messages": [{"role": "user", "content": "<video>first, then <video>"}, reply],
+                                  "videos": ["a.mp4", "b.mp4"]}, base_dir=str(tmp_path))
+    assert row.videos == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    row = record_to_conversation({"query": "what?", "response": "ok", "videos": "a.mp4"}, base_dir=str(tmp_path))
+    assert row.messages[0]["content"] == "<video>what?" and row.videos == [str(tmp_path / "a.mp4")]
+    row = record_to_conversation({"messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "https://example.com/x.mp4"}}, {"type": "text", "text": "and"},
+        {"type": "video", "video": "c.mp4"}, {"type": "text", "text": "<video>?"}]}, reply], "videos": ["b.mp4"]},
+        base_dir=str(tmp_path))
+    assert row.messages[0]["content"] == "<video>and<video><video>?"
+    assert row.videos == ["https://example.com/x.mp4", str(tmp_path / "c.mp4"), str(tmp_path / "b.mp4")]
+    with pytest.raises(RowError, match=r"2 <video> placeholder\(s\) but 1 video\(s\) listed in 'videos'"):
+        record_to_conversation({"messages": [{"role": "user", "content": "<video><video>"}, reply],
+                                "videos": ["a.mp4"]}, base_dir=str(tmp_path))
+    with pytest.raises(RowError, match="video file not found: missing.mp4"):
+        record_to_conversation({"query": "<video>?", "response": "ok", "videos": ["missing.mp4"]},
+                               base_dir=str(tmp_path))
