@@ -214,3 +214,30 @@ def test_dataset_rows_bind_videos_in_ms_swift_spellings(tmp_path):
     with pytest.raises(RowError, match="video file not found: missing.mp4"):
         record_to_conversation({"query": "<video>?", "response": "ok", "videos": ["missing.mp4"]},
                                base_dir=str(tmp_path))
+
+
+def test_video_tokens_count_in_max_length(checkpoints, tmp_path, monkeypatch):
+    from swiftlite.data import record_to_conversation
+    from swiftlite.training.dataset import EncodedDataset, RowDropped
+
+    monkeypatch.setenv("FPS_MAX_FRAMES", "4")
+    write_test_clip(tmp_path / "clip.mp4")
+    conversation = record_to_conversation({"query": "<video>what happens?", "response": "it moves",
+                                           "videos": ["clip.mp4"]}, base_dir=str(tmp_path))
+    template = bind(checkpoints["qwen2-vl"])
+    length = len(template.encode(conversation)["input_ids"])
+
+    class Row:
+        source = "train.jsonl:1"
+
+    Row.conversation = conversation
+    assert len(EncodedDataset([Row], template, max_length=length).encode_row(Row)["input_ids"]) == length
+    with pytest.raises(RowDropped, match=f"{length} tokens > --max_length {length - 1}"):
+        EncodedDataset([Row], template, max_length=length - 1).encode_row(Row)
+    # Truncating from the left may drop the system prompt's first token, never a frame's.
+    left = EncodedDataset([Row], template, max_length=length - 1, truncation_strategy="truncation_left")
+    assert len(left.encode_row(Row)["input_ids"]) == length - 1
+    first_video = template.encode(conversation)["input_ids"].index(template.token_id("<|video_pad|>"))
+    with pytest.raises(RowDropped, match="truncating would cut a video"):
+        EncodedDataset([Row], template, max_length=length - first_video - 1,
+                       truncation_strategy="truncation_left").encode_row(Row)
