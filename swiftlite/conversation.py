@@ -78,6 +78,8 @@ def bind_unplaced_media(conversation: Conversation) -> None:
         prefix += IMAGE_PLACEHOLDER * len(conversation.images)
     if conversation.audios and not any(AUDIO_PLACEHOLDER in t for t in texts):
         prefix += AUDIO_PLACEHOLDER * len(conversation.audios)
+    if conversation.videos and not any("<video>" in t for t in texts):
+        prefix += "<video>" * len(conversation.videos)
     if prefix:
         first_user["content"] = prefix + first_user["content"]
 

@@ -342,6 +342,7 @@ def split_row(conversation) -> dict:
         "record": {"system": system, "query": body[-1]["content"], "response": None, "label": label,
                    "history": history, "images": [str(i) if isinstance(i, Path) else i for i in conversation.images]},
         "audios": list(conversation.audios),
+        "videos": [str(v) if isinstance(v, Path) else v for v in conversation.videos],
     }
 
 
@@ -414,6 +415,8 @@ def run_rows(loaded, rows: list, first_index: int, sampling: dict, stop_words, s
             record["system"] = template.default_system
         if part["audios"]:
             record["audios"] = part["audios"]
+        if part.get("videos"):
+            record["videos"] = part["videos"]
         records.append(record)
         tokens += len(result.token_ids)
     return records, tokens, failed

@@ -139,6 +139,7 @@ def test_video_sft_infer_deploy(checkpoints, tmp_path, capsys, family_name):
     assert "skipped" not in error
     results = [json.loads(line) for line in next((checkpoint / "infer_result").glob("*.jsonl")).read_text().splitlines()]
     assert len(results) == 2 and all(row["response"] is not None for row in results)
+    assert [row["videos"] for row in results] == [[str(tmp_path / "clip0.mp4")], [str(tmp_path / "clip1.mp4")]]
 
     clip = tmp_path / "clip0.mp4"
     data_url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
@@ -155,6 +156,10 @@ def test_video_sft_infer_deploy(checkpoints, tmp_path, capsys, family_name):
         assert by_data.status_code == 200, by_data.text
         assert by_file.json()["usage"] == by_data.json()["usage"]
         assert by_file.json()["choices"][0]["message"] == by_data.json()["choices"][0]["message"]
+        body = {"model": family_name, "max_tokens": 3, "temperature": 0, "videos": [data_url],
+                "messages": [{"role": "user", "content": [question]}]}
+        by_field = httpx.post(server.base_url + "/chat/completions", json=body, timeout=120)  # ms-swift's field
+        assert by_field.json()["usage"] == by_file.json()["usage"], by_field.text
         text_only = chat([question]).json()["usage"]["prompt_tokens"]
         assert by_file.json()["usage"]["prompt_tokens"] > text_only + 4  # the frames' tokens are in the prompt
         outside = chat([{"type": "video_url", "video_url": {"url": "file:///etc/hostname"}}, question])

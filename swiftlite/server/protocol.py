@@ -24,7 +24,7 @@ from swiftlite.server.errors import APIError, bad_request, from_exception
 # Sampling fields both endpoints share.
 SAMPLING_FIELDS = {
     "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "n", "stream",
-    "stream_options", "user", "metadata", "store", "service_tier", "images", "audios",
+    "stream_options", "user", "metadata", "store", "service_tier", "images", "audios", "videos",
 }
 CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
                                  "parallel_tool_calls"}
@@ -255,6 +255,7 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
         raise bad_request("the last message must come from the user", param=f"messages[{len(messages) - 1}].role")
     # ms-swift's `images`/`audios` fields: media for the conversation whose text holds no placeholder for them.
     conversation.images += _string_list(body, "images")
+    conversation.videos += _string_list(body, "videos")
     conversation.audios += _string_list(body, "audios")
     bind_unplaced_media(conversation)
     _check_media_limits(conversation.images, conversation.audios, limits, "messages")
@@ -301,6 +302,8 @@ def parse_completion_request(body, limits: RequestLimits) -> ParsedRequest:
                           code="unsupported")
     else:
         raise bad_request("'prompt' must be a string or a non-empty list of strings", param="prompt")
+    if _string_list(body, "videos"):
+        raise bad_request("'videos' is taken by /v1/chat/completions only", param="videos")
     extra_images, extra_audios = _string_list(body, "images"), _string_list(body, "audios")
     if (extra_images or extra_audios) and len(texts) > 1:
         raise bad_request("'images'/'audios' need a single prompt: with several, put <img>...</img> tags in each",
