@@ -87,3 +87,10 @@ def test_infer_and_deploy_refuse_a_video_naming_torchvision(qwen2_vl_dir, tmp_pa
             {"type": "video_url", "video_url": {"url": f"file://{clip}"}}, {"type": "text", "text": "what?"}]}]}
         response = httpx.post(server.base_url + "/chat/completions", json=body, timeout=60)
         assert response.status_code == 400 and NAMES_TORCHVISION in response.json()["error"]["message"]
+        body = {"model": "qwen2-vl", "max_tokens": 2, "videos": [str(clip)],
+                "messages": [{"role": "user", "content": "what?"}]}
+        response = httpx.post(server.base_url + "/chat/completions", json=body, timeout=60)
+        assert response.status_code == 400 and NAMES_TORCHVISION in response.json()["error"]["message"]
+        body = {"model": "qwen2-vl", "max_tokens": 2, "videos": [str(clip)], "prompt": "what?"}
+        response = httpx.post(server.base_url + "/completions", json=body, timeout=60)
+        assert response.status_code == 400 and "chat/completions only" in response.json()["error"]["message"]
