@@ -186,7 +186,13 @@ def dataset_rows(target: Target, val_dataset, load_dataset_config: bool, strict:
             message = str(error)
             raise UserError(message.replace("--dataset ", "--val_dataset ", 1)) from None
         if not rows:
-            raise UserError(f"--val_dataset {' '.join(val_dataset)}: no usable rows ({skipped} skipped)")
+            # Name the first row's problem (e.g. a video without torchvision): read again, stopping there.
+            try:
+                data.load_dataset_rows(list(val_dataset), True, 42 if seed is None else seed, require_response=False)
+                first = ""
+            except UserError as error:
+                first = f"; the first: {str(error).replace(' (pass --strict false to skip bad rows)', '')}"
+            raise UserError(f"--val_dataset {' '.join(val_dataset)}: no usable rows ({skipped} skipped){first}")
     if show_dataset_sample != -1 and show_dataset_sample < len(rows):
         import random
 
