@@ -22,8 +22,9 @@ VIDEO_PLACEHOLDER = "<video>"
 
 # Hard bounds on what a declared stream may ask of the decoder, whatever the env vars say: a hostile clip
 # declaring a huge frame or an hours-long stream is refused before decoding.
-MAX_DECLARED_PIXELS = 4096 * 4096
-MAX_DECODED_FRAMES = 100_000  # frames walked through (decoded) to reach the sampled ones
+MAX_DECLARED_PIXELS = 4096 * 2160  # one 4K frame
+MAX_DECODED_FRAMES = 20_000  # frames walked through (decoded) to reach the sampled ones: 11 minutes at 30 fps
+MAX_DECODED_PIXELS = 1920 * 1080 * 20_000  # frames x pixels: the decode work, whatever the frame size
 
 
 @dataclass
@@ -156,8 +157,10 @@ def load_video(source, policy=None, settings: VideoSettings | None = None):
         total = stream.frames
         if not total and stream.duration and stream.time_base:
             total = int(float(stream.duration * stream.time_base) * source_fps)
-        if total > MAX_DECODED_FRAMES:
-            raise MediaError(f"video {short(source)} declares {total} frames (at most {MAX_DECODED_FRAMES} are read)")
+        if total > MAX_DECODED_FRAMES or total * width * height > MAX_DECODED_PIXELS:
+            raise MediaError(f"video {short(source)} declares {total} frames of {width}x{height} (at most "
+                             f"{MAX_DECODED_FRAMES} frames and {MAX_DECODED_PIXELS} pixels in all are decoded)")
+        budget = min(MAX_DECODED_FRAMES, MAX_DECODED_PIXELS // (width * height))
         scale = min(1.0, (settings.max_pixels / (width * height)) ** 0.5)
         size = (max(28, int(width * scale)), max(28, int(height * scale)))
         frames = []
@@ -166,6 +169,7 @@ def load_video(source, policy=None, settings: VideoSettings | None = None):
                 keep = set(sample_indices(total, source_fps, settings))
                 last = max(keep)
                 for index, frame in enumerate(container.decode(stream)):
+                    _check_frame(frame, width, height, source)
                     if index in keep:
                         frames.append(frame.to_image().convert("RGB").resize(size))
                     if index >= last:
@@ -173,8 +177,9 @@ def load_video(source, policy=None, settings: VideoSettings | None = None):
             else:  # no declared length: decode up to the frame budget, then sample
                 decoded = []
                 for index, frame in enumerate(container.decode(stream)):
-                    if index >= MAX_DECODED_FRAMES:
-                        raise MediaError(f"video {short(source)} has over {MAX_DECODED_FRAMES} frames")
+                    _check_frame(frame, width, height, source)
+                    if index >= budget:
+                        raise MediaError(f"video {short(source)} has over {budget} frames of {width}x{height}")
                     decoded.append(frame)
                     if len(decoded) > settings.max_frames * 8:  # keep memory bounded: thin as we go
                         decoded = decoded[::2]
@@ -195,6 +200,15 @@ def load_video(source, policy=None, settings: VideoSettings | None = None):
     metadata = {"total_num_frames": len(frames), "fps": len(frames) / duration if duration else settings.fps,
                 "duration": duration, "frames_indices": list(range(len(frames)))}
     return array, metadata
+
+
+def _check_frame(frame, width: int, height: int, source) -> None:
+    """A stream may declare small frames and carry larger ones: each decoded frame is held to the declared size."""
+    if frame.width * frame.height > width * height:
+        from swiftlite.media import MediaError, short
+
+        raise MediaError(f"video {short(source)} holds a {frame.width}x{frame.height} frame in a stream declared "
+                         f"{width}x{height}")
 
 
 def write_test_clip(path, frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 4, seed: int = 0) -> str:

@@ -77,7 +77,7 @@ def test_bad_and_hostile_videos_are_one_line(checkpoints, tmp_path):
     garbage.write_bytes(b"not a video at all" * 10)
     with pytest.raises(MediaError, match="cannot decode video from .*garbage.mp4"):
         template.encode(ask(garbage))
-    # A stream declaring a frame larger than the decoder will touch is refused from its header.
+    # A stream declaring a frame larger than the decoder will touch (one 4K frame) is refused from its header.
     huge = tmp_path / "huge.mp4"
     with av.open(str(huge), "w") as container:
         stream = container.add_stream("mpeg4", rate=1)

@@ -41,6 +41,12 @@ def test_decoding_is_bounded_and_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDEO_MAX_PIXELS", str(48 * 32))
     frames, _ = load_video(clip)
     assert frames.shape[1] * frames.shape[2] <= 48 * 32
+    # The decode work is bounded from the header: frames x pixels over the budget is refused before decoding.
+    import swiftlite.video
+
+    monkeypatch.setattr(swiftlite.video, "MAX_DECODED_PIXELS", 96 * 64 * 39)
+    with pytest.raises(MediaError, match="declares 40 frames of 96x64"):
+        load_video(clip)
     (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
     with pytest.raises(MediaError, match="cannot decode video from .*bad.mp4"):
         load_video(tmp_path / "bad.mp4")
