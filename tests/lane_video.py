@@ -1,7 +1,8 @@
 """Video in the torchvision lane (scripts/test_torchvision.sh; transformers' video processors need torchvision).
 
 On a clip written here with PyAV: `mm sft` on `<video>` rows with a `videos` column, `mm infer` on them, and
-`mm deploy` answering a `video_url` part (a file URL and a data URL), on Qwen2-VL and LLaVA-OneVision; the frames
+`mm deploy` answering a `video_url` part (a file URL and a data URL), on every family marked video in the
+registry (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, InternVL3, GLM-4.1V); the frames
 sampled under the FPS / FPS_MAX_FRAMES / VIDEO_MAX_PIXELS caps and counted in the prompt; a hostile clip refused
 before decoding.
 """
@@ -21,9 +22,10 @@ from swiftlite.models.loading import load_tokenizer, resolve_model
 from swiftlite.templates import get_template
 from swiftlite.video import VideoSettings, load_video, write_test_clip
 
-VIDEO_FAMILIES = ["qwen2-vl", "llava_onevision"]  # the full sft -> infer -> deploy run
-# Every family the registry marks video=True (docs/models.md's video column): encoded and run forward here.
+# Every family the registry marks video=True (docs/models.md's video column): sft -> infer -> deploy and a
+# forward pass on two clips each.
 WORKING = ["qwen2-vl", "qwen2_5-vl", "qwen3-vl", "llava_onevision", "internvl3", "glm4_1v"]
+VIDEO_FAMILIES = WORKING
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,12 @@ def bind(directory):
 
 def ask(clip) -> Conversation:
     return Conversation([{"role": "user", "content": "<video>what happens?"}], videos=[str(clip)])
+
+
+def test_the_registry_marks_exactly_the_families_tested_here():
+    from swiftlite.models import FAMILIES
+
+    assert sorted(name for name, family in FAMILIES.items() if family.video) == sorted(WORKING)
 
 
 def test_frames_follow_the_caps(tmp_path, monkeypatch):
