@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The torchvision lane: the GPU user's install (torch + torchvision; on these machines a CUDA build from local
 # wheels that runs on the CPU). In its own venv, over the system python's packages (transformers, peft, ...):
-# the fast (torchvision) image processors against the PIL ones, AutoProcessor with the video processors, and
-# the fidelity and sft -> infer -> deploy tests through the torchvision backends.
+# the fast (torchvision) image processors against the PIL ones, AutoProcessor with the video processors, video
+# (tests/lane_video.py: sft -> infer -> deploy on a generated clip, decode caps and bounds), and the fidelity and
+# sft -> infer -> deploy tests through the torchvision backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TORCHVISION_VENV:-/work/venvs/tv}
