@@ -123,6 +123,43 @@ def _read_data_url(url: str, policy: MediaPolicy, kind: str) -> bytes:
 
 
 def _read_local_file(path: str, source, policy: MediaPolicy, kind: str) -> bytes:
+    real = _checked_local_path(path, source, policy, kind)
+    # No max_bytes cap here: local files are the operator's own data (e.g. long training audio).
+    try:
+        with open(real, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise MediaError(f"cannot read {kind} file {short(path)}: {e.strerror or e}") from None
+
+
+def local_media_path(source, policy: MediaPolicy, kind: str) -> str | None:
+    """The checked real path when `source` names a local file (a path or file:// URL, as read_media_bytes
+    resolves it), else None (a data URL, an http(s) URL, bare base64, bytes). Videos are opened by path so
+    that a long local clip is streamed, not read whole."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        return None
+    text = source.strip()
+    if text[:5].lower() == "data:":
+        return None
+    match = _SCHEME_RE.match(text)
+    if match:
+        if match.group(1).lower() != "file":
+            return None
+        return _checked_local_path(_file_url_to_path(text), text, policy, kind)
+    if _looks_like_base64(text):
+        if not policy.allow_local:
+            return None
+        path = os.path.expanduser(text)
+        if not os.path.isabs(path) and policy.base_dir is not None:
+            path = os.path.join(policy.base_dir, path)
+        if not os.path.isfile(path):
+            return None
+    return _checked_local_path(text, text, policy, kind)
+
+
+def _checked_local_path(path: str, source, policy: MediaPolicy, kind: str) -> str:
     if not policy.allow_local:
         raise MediaError(
             f"local {kind} files are refused: {short(source)}; start the server with "
@@ -142,12 +179,7 @@ def _read_local_file(path: str, source, policy: MediaPolicy, kind: str) -> bytes
             )
     if not os.path.isfile(real):
         raise MediaError(f"{kind} file not found: {short(path)}")
-    # No max_bytes cap here: local files are the operator's own data (e.g. long training audio).
-    try:
-        with open(real, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise MediaError(f"cannot read {kind} file {short(path)}: {e.strerror or e}") from None
+    return real
 
 
 def _file_url_to_path(url: str) -> str:

@@ -130,19 +130,21 @@ def load_video(source, policy=None, settings: VideoSettings | None = None):
     Raises MediaError (one line naming the source) for anything wrong with the clip."""
     import numpy as np
 
-    from swiftlite.media import MediaError, MediaPolicy, read_media_bytes, short
+    from swiftlite.media import MediaError, MediaPolicy, local_media_path, read_media_bytes, short
 
     policy = policy or MediaPolicy()
     settings = settings or VideoSettings.from_env()
     if isinstance(source, dict):
         source = source.get("bytes") or source.get("path")
-    data = read_media_bytes(source, policy, "video")
+    # A local file is opened by path (streamed); anything else is read under the policy's byte cap first.
+    path = local_media_path(source, policy, "video")
+    data = None if path else read_media_bytes(source, policy, "video")
     try:
         import av
     except ImportError:
         raise MediaError("videos need PyAV to decode: pip install av") from None
     try:
-        container = av.open(io.BytesIO(data))
+        container = av.open(path if path else io.BytesIO(data))
     except Exception as error:  # untrusted bytes: any decoder error means "bad video"
         raise MediaError(f"cannot decode video from {short(source)}: {error}") from None
     with container:

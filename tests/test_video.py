@@ -99,3 +99,23 @@ def test_infer_and_deploy_refuse_a_video_naming_torchvision(qwen2_vl_dir, tmp_pa
         body = {"model": "qwen2-vl", "max_tokens": 2, "videos": [str(clip)], "prompt": "what?"}
         response = httpx.post(server.base_url + "/completions", json=body, timeout=60)
         assert response.status_code == 400 and "chat/completions only" in response.json()["error"]["message"]
+
+
+def test_local_clips_are_opened_by_path_under_the_policy(tmp_path):
+    import base64
+
+    from swiftlite.media import MediaPolicy, local_media_path
+
+    clip = write_test_clip(tmp_path / "clip.mp4")
+    data_url = "data:video/mp4;base64," + base64.b64encode(open(clip, "rb").read()).decode()
+    policy = MediaPolicy(allowed_local_dir=str(tmp_path))
+    assert local_media_path(f"file://{clip}", policy, "video") == str(tmp_path.resolve() / "clip.mp4")
+    assert local_media_path(data_url, policy, "video") is None
+    assert local_media_path("https://example.com/clip.mp4", policy, "video") is None
+    by_path, _ = load_video(clip, policy)
+    by_data, _ = load_video(data_url, policy)
+    assert (by_path == by_data).all()
+    with pytest.raises(MediaError, match="outside the directory allowed by --allowed_local_media_path"):
+        load_video(str(clip), MediaPolicy(allowed_local_dir=str(tmp_path / "elsewhere")))
+    with pytest.raises(MediaError, match="larger than"):
+        load_video(data_url, MediaPolicy(max_bytes=100))  # sent bytes keep the byte cap
