@@ -29,9 +29,8 @@ MAX_DECODED_PIXELS = 1920 * 1080 * 20_000  # frames x pixels: the decode work, w
 
 @dataclass
 class VideoSettings:
-    """ms-swift's environment variable names; FPS and FPS_MIN_FRAMES keep its defaults, FPS_MAX_FRAMES and
-    VIDEO_MAX_PIXELS have smaller ones than ms-swift's (not checked against its source here), so that an unset environment
-    cannot make one request cost thousands of video tokens."""
+    """ms-swift's environment variable names. FPS_MAX_FRAMES and VIDEO_MAX_PIXELS default to small values (not
+    checked against ms-swift's), so that an unset environment cannot make one request cost thousands of tokens."""
 
     fps: float = 2.0
     min_frames: int = 4

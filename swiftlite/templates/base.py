@@ -206,7 +206,8 @@ class Template:
                 parts.append({"type": "text", "text": text[position:index]})
             # Audio parts also carry an 'audio' key: Qwen2-Audio's hub-era template recognises items by that key only.
             parts.append({"type": kind, "audio": AUDIO_PLACEHOLDER} if kind == "audio" else {"type": kind})
-            position = index + len({"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}.get(kind, VIDEO_PLACEHOLDER))
+            placeholder = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}.get(kind, VIDEO_PLACEHOLDER)
+            position = index + len(placeholder)
         if not parts:
             parts.append({"type": "text", "text": ""})
         return {"role": message["role"], "content": parts}
