@@ -24,17 +24,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, extract_media_tags
+from swiftlite.video import VIDEO_PLACEHOLDER, extract_video_tags
 
 PROMPT = "<<< "
 MULTI_LINE_PROMPT = "<<<[M] "
 SYSTEM_PROMPT = "<<<[S] "
 IMAGE_PROMPT = "Input an image path or URL <<< "
 AUDIO_PROMPT = "Input an audio path or URL <<< "
+VIDEO_PROMPT = "Input a video path or URL <<< "
 SEPARATOR = "-" * 50
 COMMANDS = ("exit", "quit", "multi-line", "single-line", "clear", "reset-system")
-# A whole `<audio>SRC</audio>` tag (as media.extract_media_tags reads it): its opening `<audio>` is not a bare
-# placeholder to ask about. `<image>` has no such twin (its tag is `<img>`).
-AUDIO_TAG = re.compile(r"<audio>[^<>]*</audio>")
 
 
 @dataclass
@@ -43,6 +42,7 @@ class Turn:
     response: str
     images: list = field(default_factory=list)  # sources (for the result file)
     audios: list = field(default_factory=list)
+    videos: list = field(default_factory=list)
 
 
 @dataclass
@@ -51,11 +51,13 @@ class ChatState:
     turns: list[Turn] = field(default_factory=list)
     loaded_images: list = field(default_factory=list)  # PIL images of every turn, in order
     audio_sources: list = field(default_factory=list)
+    video_sources: list = field(default_factory=list)
 
     def clear(self) -> None:
         self.turns.clear()
         self.loaded_images.clear()
         self.audio_sources.clear()
+        self.video_sources.clear()
 
 
 class ChatSession:
@@ -123,25 +125,26 @@ class ChatSession:
             lines.append(line)
 
     def ask_media(self, text: str) -> str:
-        """Ask for a source for each typed <image>/<audio> placeholder; return the text with tags instead."""
+        """Ask for a source for each typed <image>/<audio>/<video> placeholder; return the text with tags instead."""
+        placeholders = {"img": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
+        prompts = {"img": IMAGE_PROMPT, "audio": AUDIO_PROMPT, "video": VIDEO_PROMPT}
         result, position = [], 0
         while True:
-            image_at = text.find(IMAGE_PLACEHOLDER, position)
-            audio_at = text.find(AUDIO_PLACEHOLDER, position)
-            found = [(i, kind) for i, kind in ((image_at, "img"), (audio_at, "audio")) if i >= 0]
+            found = [(text.find(placeholder, position), tag) for tag, placeholder in placeholders.items()]
+            found = [(i, tag) for i, tag in found if i >= 0]
             if not found:
                 return "".join(result) + text[position:]
             index, tag = min(found)
-            whole_tag = AUDIO_TAG.match(text, index) if tag == "audio" else None
-            if whole_tag:  # read with the other tags by extract_media_tags
-                result.append(text[position:whole_tag.end()])
-                position = whole_tag.end()
+            typed_tag = re.match(rf"<{tag}>[^<>]*</{tag}>", text[index:]) if tag != "img" else None
+            if typed_tag:  # `<video>SRC</video>` typed in full: its opening is not a placeholder to ask about
+                result.append(text[position:index] + typed_tag.group(0))
+                position = index + typed_tag.end()
                 continue
-            source = self.read_line(IMAGE_PROMPT if tag == "img" else AUDIO_PROMPT).strip()
+            source = self.read_line(prompts[tag]).strip()
             if not source:
-                raise MediaError(f"no {'image' if tag == 'img' else 'audio'} given for the placeholder")
+                raise MediaError(f"no {'image' if tag == 'img' else tag} given for the placeholder")
             result.append(f"{text[position:index]}<{tag}>{source}</{tag}>")
-            position = index + len(IMAGE_PLACEHOLDER if tag == "img" else AUDIO_PLACEHOLDER)
+            position = index + len(placeholders[tag])
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -190,7 +193,8 @@ class ChatSession:
         from swiftlite.templates.base import TemplateError
 
         try:
-            text, image_sources, audio_sources = extract_media_tags(self.ask_media(typed))
+            text, video_sources = extract_video_tags(self.ask_media(typed))
+            text, image_sources, audio_sources = extract_media_tags(text)
             # Loaded now, so a bad path is reported before anything is sent; PIL images are reused later.
             images = [load_image(source) for source in image_sources]
             for source in audio_sources:
@@ -202,7 +206,7 @@ class ChatSession:
         template = loaded.template
         if not self.meta.supports_multi_turn:
             self.state.clear()
-        conversation = self.conversation(text, images, audio_sources)
+        conversation = self.conversation(text, images, audio_sources, video_sources)
         try:
             row = template.encode(conversation, add_generation_prompt=True)
         except (MediaError, TemplateError) as error:
@@ -211,21 +215,23 @@ class ChatSession:
         response = self.answer(loaded, row)
         if response is None:
             return
-        turn = Turn(text, response, image_sources, audio_sources)
+        turn = Turn(text, response, image_sources, audio_sources, video_sources)
         if self.writer is not None:
             self.writer.write(self.result_record(turn, template))
         self.state.turns.append(turn)
         self.state.loaded_images += images
         self.state.audio_sources += audio_sources
+        self.state.video_sources += video_sources
 
-    def conversation(self, text: str, images: list, audios: list):
+    def conversation(self, text: str, images: list, audios: list, videos: list | None = None):
         from swiftlite.conversation import Conversation
 
         messages = [{"role": "system", "content": self.state.system}] if self.state.system else []
         for turn in self.state.turns:
             messages += [{"role": "user", "content": turn.query}, {"role": "assistant", "content": turn.response}]
         messages.append({"role": "user", "content": text})
-        return Conversation(messages, self.state.loaded_images + images, self.state.audio_sources + audios)
+        return Conversation(messages, self.state.loaded_images + images, self.state.audio_sources + audios,
+                            videos=self.state.video_sources + list(videos or []))
 
     def answer(self, loaded, row: dict) -> str | None:
         """Print the answer (streamed or whole) and the separator; None when Ctrl-C stopped it."""
@@ -267,4 +273,7 @@ class ChatSession:
         audios = [source for t in self.state.turns for source in t.audios] + list(turn.audios)
         if audios:
             record["audios"] = audios
+        videos = [source for t in self.state.turns for source in t.videos] + list(turn.videos)
+        if videos:
+            record["videos"] = videos
         return record

@@ -23,6 +23,7 @@ class Conversation:
     images: list = field(default_factory=list)
     audios: list = field(default_factory=list)
     tools: list | None = None  # OpenAI function tools, rendered by the chat template (apply_chat_template(tools=))
+    videos: list = field(default_factory=list)  # one per <video> placeholder, in order
 
     @property
     def system(self) -> str | None:
@@ -113,6 +114,8 @@ def bind_unplaced_media(conversation: Conversation) -> None:
         prefix += IMAGE_PLACEHOLDER * len(conversation.images)
     if conversation.audios and not any(AUDIO_PLACEHOLDER in t for t in texts):
         prefix += AUDIO_PLACEHOLDER * len(conversation.audios)
+    if conversation.videos and not any("<video>" in t for t in texts):
+        prefix += "<video>" * len(conversation.videos)
     if prefix:
         first_user["content"] = prefix + first_user["content"]
 
@@ -163,7 +166,7 @@ def agent_turns(conversation: Conversation, tools=None) -> Conversation:
     if tools is None and len(messages) == len(conversation.messages) and all(
             m["role"] != "tool" for m in messages):
         return conversation
-    return Conversation(messages, conversation.images, conversation.audios, tools)
+    return Conversation(messages, conversation.images, conversation.audios, tools=tools, videos=conversation.videos)
 
 
 def validate_roles(conversation: Conversation) -> None:

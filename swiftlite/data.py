@@ -31,6 +31,7 @@ from pathlib import Path
 from swiftlite.conversation import Conversation, agent_turns, validate_roles
 from swiftlite.errors import UserError
 from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text
+from swiftlite.video import VIDEO_PLACEHOLDER, has_video, video_error, videos_supported
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv")
 ROLE_NAMES = {
@@ -44,6 +45,7 @@ ROLE_NAMES = {
 # `<img>src</img>` tag or a bare `<image>` placeholder, in order of appearance (same for audio).
 _IMAGE_SLOT_RE = re.compile(r"<img>([^<>]*)</img>|<image>")
 _AUDIO_SLOT_RE = re.compile(r"<audio>([^<>]*)</audio>|<audio>")
+_VIDEO_SLOT_RE = re.compile(r"<video>([^<>]*)</video>|<video>")
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
 _SAMPLE_SUFFIX_RE = re.compile(r"^(.*)#(\d+)$")
 
@@ -263,7 +265,7 @@ def _read_csv(path: Path, name: str) -> list:
 def _csv_value(key: str, value: str):
     # Structured columns (conversations, messages, history, images) are written as JSON inside a cell.
     stripped = value.strip()
-    if stripped[:1] in "[{" and key in ("conversations", "messages", "history", "images", "audios"):
+    if stripped[:1] in "[{" and key in ("conversations", "messages", "history", "images", "audios", "videos"):
         try:
             return json.loads(stripped)
         except json.JSONDecodeError as error:
@@ -328,9 +330,7 @@ def detect_format(record) -> str:
 def record_to_conversation(record, base_dir: str | None = None, require_response: bool = True) -> Conversation:
     """Normalise one row of any supported format into a Conversation, checking it can be trained on."""
     row_format = detect_format(record)
-    from swiftlite.video import has_video, video_error
-
-    if isinstance(record, dict) and has_video(record):
+    if isinstance(record, dict) and has_video(record) and not videos_supported():
         raise RowError(video_error())
     if row_format == "conversations":
         messages = _conversations_messages(record["conversations"])
@@ -349,6 +349,8 @@ def record_to_conversation(record, base_dir: str | None = None, require_response
         raise RowError(str(error)) from None
     conversation.images = [_resolve_path(source, base_dir, "image") for source in conversation.images]
     conversation.audios = [_resolve_path(source, base_dir, "audio") for source in conversation.audios]
+    _bind_videos(conversation, _media_list(record, "videos", "video"))
+    conversation.videos = [_resolve_path(source, base_dir, "video") for source in conversation.videos]
     _check(conversation, require_response)
     return conversation
 
@@ -453,6 +455,14 @@ def _content_slots(content, index: int) -> tuple[str, list, list]:
     for part in content:
         if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
             text, images, audios = _content_slots(part["text"], index)
+        elif isinstance(part, dict) and part.get("type") in ("video_url", "video") and videos_supported():
+            # Written as a tag, bound with the `videos` column in _bind_videos.
+            try:
+                sources: list = []
+                content_parts_to_text([part], videos=sources)
+            except MediaError as error:
+                raise RowError(f"turn {index}: {error}") from None
+            text, images, audios = f"<video>{sources[0]}</video>", [], []
         else:
             try:
                 text, images, audios = content_parts_to_text([part])
@@ -467,7 +477,7 @@ def _content_slots(content, index: int) -> tuple[str, list, list]:
 def _fill(slots: list, listed: list, kind: str) -> list:
     empty = sum(slot is None for slot in slots)
     if empty != len(listed):
-        placeholder = IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER
+        placeholder = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}.get(kind, VIDEO_PLACEHOLDER)
         raise RowError(f"{empty} {placeholder} placeholder(s) but {len(listed)} {kind}(s) listed in '{kind}s'")
     remaining = iter(listed)
     return [next(remaining) if slot is None else slot for slot in slots]
@@ -499,6 +509,26 @@ def _bind_media(messages: list[tuple[str, object]], images: list, audios: list) 
         texts[first_user] = prefix + texts[first_user]
     conversation_messages = [{"role": role, "content": text} for (role, _), text in zip(messages, texts)]
     return Conversation(conversation_messages, _fill(image_slots, images, "image"), _fill(audio_slots, audios, "audio"))
+
+
+def _bind_videos(conversation: Conversation, videos: list) -> None:
+    """ms-swift's `<video>` placeholders and `videos` column (and `<video>SRC</video>` tags, which video parts
+    become): each bare placeholder takes the next listed video; with no placeholder at all the listed videos go
+    to the start of the first user turn (as images do)."""
+    slots: list = []
+    for index, message in enumerate(conversation.messages):
+        text, here = _slots(message["content"], _VIDEO_SLOT_RE, VIDEO_PLACEHOLDER)
+        if message["role"] != "user" and here:
+            raise RowError(f"turn {index} ({message['role']}): only user turns may hold videos")
+        message["content"] = text
+        slots += here
+    if videos and not slots:
+        first_user = next((m for m in conversation.messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise RowError("the row has no user turn")
+        first_user["content"] = VIDEO_PLACEHOLDER * len(videos) + first_user["content"]
+        slots = [None] * len(videos)
+    conversation.videos = _fill(slots, videos, "video")
 
 
 def _looks_local(source) -> bool:

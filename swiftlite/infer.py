@@ -234,7 +234,13 @@ def dataset_rows(target: Target, val_dataset, load_dataset_config: bool, strict:
             message = str(error)
             raise UserError(message.replace("--dataset ", "--val_dataset ", 1)) from None
         if not rows:
-            raise UserError(f"--val_dataset {' '.join(val_dataset)}: no usable rows ({skipped} skipped)")
+            # Name the first row's problem (e.g. a video without torchvision): read again, stopping there.
+            try:
+                data.load_dataset_rows(list(val_dataset), True, 42 if seed is None else seed, require_response=False)
+                first = ""
+            except UserError as error:
+                first = f"; the first: {str(error).replace(' (pass --strict false to skip bad rows)', '')}"
+            raise UserError(f"--val_dataset {' '.join(val_dataset)}: no usable rows ({skipped} skipped){first}")
     if show_dataset_sample != -1 and show_dataset_sample < len(rows):
         import random
 
@@ -394,10 +400,12 @@ def split_row(conversation) -> dict:
     body = messages[1:] if system is not None else messages
     history = [[body[i]["content"], body[i + 1]["content"]] for i in range(0, len(body) - 1, 2)]
     return {
-        "prompt": Conversation(messages, list(conversation.images), list(conversation.audios)),
+        "prompt": Conversation(messages, list(conversation.images), list(conversation.audios),
+                               tools=conversation.tools, videos=list(conversation.videos)),
         "record": {"system": system, "query": body[-1]["content"], "response": None, "label": label,
                    "history": history, "images": [str(i) if isinstance(i, Path) else i for i in conversation.images]},
         "audios": list(conversation.audios),
+        "videos": [str(v) if isinstance(v, Path) else v for v in conversation.videos],
     }
 
 
@@ -473,6 +481,8 @@ def run_rows(loaded, rows: list, first_index: int, sampling: dict, stop_words, s
             record["system"] = template.default_system
         if part["audios"]:
             record["audios"] = part["audios"]
+        if part.get("videos"):
+            record["videos"] = part["videos"]
         records.append(record)
         tokens += len(result.token_ids)
     return records, tokens, failed

@@ -140,6 +140,44 @@ def _read_data_url(url: str, policy: MediaPolicy, kind: str) -> bytes:
 
 
 def _read_local_file(path: str, source, policy: MediaPolicy, kind: str) -> bytes:
+    real = _checked_local_path(path, source, policy, kind)
+    # No max_bytes cap here: local files are the operator's own data (e.g. long training audio).
+    try:
+        with open(real, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise MediaError(f"cannot read {kind} file {short(path)}: {e.strerror or e}") from None
+
+
+def local_media_path(source, policy: MediaPolicy, kind: str) -> str | None:
+    """The checked real path when `source` names a local file (a path or file:// URL, as read_media_bytes
+    resolves it), else None (a data URL, an http(s) URL, bare base64, bytes). Videos are opened by path so
+    that a long local clip is streamed, not read whole."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        return None
+    text = source.strip()
+    if text[:5].lower() == "data:":
+        return None
+    match = _SCHEME_RE.match(text)
+    if match:
+        if match.group(1).lower() != "file":
+            return None
+        return _checked_local_path(_file_url_to_path(text), text, policy, kind)
+    if _looks_like_base64(text):
+        if not policy.allow_local:
+            return None
+        path = os.path.expanduser(text)
+        if not os.path.isabs(path) and policy.base_dir is not None:
+            path = os.path.join(policy.base_dir, path)
+        # As in read_media_bytes: outside the allowed directory the filesystem is not asked at all.
+        if "\0" in path or not _inside_allowed_dir(os.path.realpath(path), policy) or not os.path.isfile(path):
+            return None
+    return _checked_local_path(text, text, policy, kind)
+
+
+def _checked_local_path(path: str, source, policy: MediaPolicy, kind: str) -> str:
     if not policy.allow_local:
         raise MediaError(
             f"local {kind} files are refused: {short(source)}; start the server with "
@@ -160,12 +198,7 @@ def _read_local_file(path: str, source, policy: MediaPolicy, kind: str) -> bytes
         # The path as the user wrote it: joined with base_dir it would show the server's own directory.
         shown = short(path) if policy.allowed_local_dir is None else short(source)
         raise MediaError(f"{kind} file not found: {shown}")
-    # No max_bytes cap here: local files are the operator's own data (e.g. long training audio).
-    try:
-        with open(real, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise MediaError(f"cannot read {kind} file {short(path)}: {e.strerror or e}") from None
+    return real
 
 
 def _inside_allowed_dir(real_path: str, policy: MediaPolicy) -> bool:
@@ -425,11 +458,13 @@ def _url_field(part: dict, key: str, index: int):
     return value
 
 
-def content_parts_to_text(parts) -> tuple[str, list, list]:
+def content_parts_to_text(parts, videos: list | None = None) -> tuple[str, list, list]:
     """OpenAI chat ``content`` (a string or a list of parts) -> (text, images, audios).
 
     Each media part becomes a placeholder at its position; text parts are joined with
     no separator, and ``<img>``/``<audio>`` tags inside them are extracted too.
+    `video_url` / `video` parts are appended to `videos` (a `<video>` placeholder in the text) when the caller
+    passes that list and torchvision is installed; otherwise they are refused with one line.
     """
     if parts is None:  # e.g. an assistant message that only has tool calls
         return "", [], []
@@ -479,9 +514,17 @@ def content_parts_to_text(parts) -> tuple[str, list, list]:
             audios.append(data if data.startswith("data:") else f"data:audio/{audio_format};base64,{data}")
             pieces.append(AUDIO_PLACEHOLDER)
         elif kind in ("video_url", "video"):
-            from swiftlite.video import video_error
+            from swiftlite.video import VIDEO_PLACEHOLDER, video_error, videos_supported
 
-            raise MediaError(video_error(f"content part {index} (type '{kind}')"))
+            if videos is None or not videos_supported():
+                raise MediaError(video_error(f"content part {index} (type '{kind}')"))
+            if kind == "video_url":
+                videos.append(_url_field(part, "video_url", index))
+            elif part.get("video") is None:
+                raise MediaError(f"content part {index} (type 'video') needs a 'video' field")
+            else:
+                videos.append(part["video"])
+            pieces.append(VIDEO_PLACEHOLDER)
         else:
             raise MediaError(f"content part {index} has unsupported type '{kind}'")
     return "".join(pieces), images, audios

@@ -9,7 +9,6 @@ the hostile battery did, and runs the real CLI in this process.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct

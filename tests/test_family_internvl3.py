@@ -3,7 +3,6 @@ train, generate, prefixes."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

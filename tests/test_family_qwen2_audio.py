@@ -4,7 +4,6 @@ step; batched generation; prefixes."""
 
 from __future__ import annotations
 
-import io
 import math
 import wave
 

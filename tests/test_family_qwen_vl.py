@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from family_checks import (BATTERY, BLUE, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
+from family_checks import (BATTERY, GREEN, RED, check_generate_batch, check_generation_prompt, check_labels,
                            check_prefixes, check_train_step, official_processor)
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type

@@ -54,7 +54,7 @@ def test_split_image_text(bound):
     text = tokenizer.decode(ours["input_ids"])
     assert f"<row_{rows}_col_{cols}>" in text and f"<row_{rows + 1}_col_1>" not in text
     assert f"<row_1_col_{cols + 1}>" not in text and text.count("<global-img>") == 1
-    assert text.count(f"<image>\n<fake_token_around_image>") == rows - 1  # a newline closes each row
+    assert text.count("<image>\n<fake_token_around_image>") == rows - 1  # a newline closes each row
     assert ours["pixel_values"].shape[:2] == (1, rows * cols + 1)
     assert ours["input_ids"].count(template.token_id("<image>")) == (rows * cols + 1) * processor.image_seq_len
     small = template.encode(Conversation([{"role": "user", "content": "<image>hi"}], [BLUE.resize((20, 20))]))

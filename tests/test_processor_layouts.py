@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from family_checks import BATTERY, assert_same_tensor, check_generation_prompt, official_processor
+from family_checks import assert_same_tensor, check_generation_prompt, official_processor
 from swiftlite.cli import main
 from swiftlite.conversation import Conversation
 from swiftlite.errors import UserError
@@ -214,16 +214,29 @@ def test_sft_infer_deploy_with_media_in_todays_layout(base_dirs, tmp_path, capsy
             assert media_tokens > text_tokens + 1  # the media reached the model, expanded
 
 
-def test_a_video_is_refused_with_one_line(tmp_path, capsys, base_dirs):
+def test_a_video_without_torchvision_is_refused_with_one_line(tmp_path, capsys, base_dirs):
     from swiftlite.data import RowError, record_to_conversation
     from swiftlite.media import MediaError, content_parts_to_text
     from swiftlite.templates import TemplateError
 
     from swiftlite.models.processors import has_torchvision
 
-    # Without torchvision (scripts/test.sh's lane) the line names it; with it (scripts/test_torchvision.sh) it says
-    # swiftlite does not take videos yet.
-    expected = "video input is not supported" if has_torchvision() else "videos need torchvision"
+    # Without torchvision (scripts/test.sh's lane) the line names it. With it (scripts/test_torchvision.sh) videos
+    # are taken (tests/lane_video.py) and a model whose processor has no video processor says so.
+    if has_torchvision():
+        conversation = record_to_conversation({"messages": [{"role": "user", "content": "what happens?"},
+                                                            {"role": "assistant", "content": "a ball rolls"}],
+                                               "videos": ["https://example.com/clip.mp4"]})
+        assert conversation.videos == ["https://example.com/clip.mp4"]
+        assert conversation.messages[0]["content"] == "<video>what happens?"
+        from swiftlite.testing import build_tiny_checkpoint
+
+        text_model = build_tiny_checkpoint("qwen2_5", tmp_path / "text")
+        with pytest.raises(TemplateError, match="takes no videos"):
+            bind(text_model).encode(Conversation([{"role": "user", "content": "<video>what happens?"}],
+                                                 videos=["clip.mp4"]))
+        return
+    expected = "videos need torchvision"
     with pytest.raises(RowError, match=expected):
         record_to_conversation({"messages": [{"role": "user", "content": "<video>what happens?"},
                                              {"role": "assistant", "content": "a ball rolls"}],
@@ -231,7 +244,8 @@ def test_a_video_is_refused_with_one_line(tmp_path, capsys, base_dirs):
     with pytest.raises(MediaError, match=expected):
         content_parts_to_text([{"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}}])
     with pytest.raises(TemplateError, match=expected):
-        bind(base_dirs["qwen2-vl"]).encode(Conversation([{"role": "user", "content": "<video>what happens?"}]))
+        bind(base_dirs["qwen2-vl"]).encode(Conversation([{"role": "user", "content": "<video>what happens?"}],
+                                                        videos=["clip.mp4"]))
     rows = tmp_path / "train.jsonl"
     rows.write_text(json.dumps({"messages": [{"role": "user", "content": "<video>what happens?"},
                                              {"role": "assistant", "content": "a ball rolls"}],

@@ -8,7 +8,6 @@ place gives the same prompt tokens and (greedy) the same answer.
 
 from __future__ import annotations
 
-import io
 
 import httpx
 import numpy as np

@@ -15,6 +15,7 @@ GLM4_1V = ModelFamily(
     config_model_types=("glm4v",),
     template="glm4_1v",
     modalities=("text", "image"),
+    video=True,  # through the official processor, with torchvision (swiftlite/video.py)
     # As ms-swift: the merger is the aligner; the 2x2 downsample conv stays with the ViT (frozen with it).
     vision_tower=("model.visual.patch_embed", "model.visual.post_conv_layernorm", "model.visual.embeddings",
                   "model.visual.blocks", "model.visual.post_layernorm", "model.visual.downsample"),
@@ -24,7 +25,7 @@ GLM4_1V = ModelFamily(
     grounding=True,
     notes="several images per turn at native resolution; the template closes no turn, so training appends "
           "<|endoftext|> after each reply and generation also stops at <|user|>; the Thinking checkpoint answers "
-          "as <think>...</think><answer>...</answer>; video inputs are not wired yet",
+          "as <think>...</think><answer>...</answer>; videos with torchvision",
 )
 
 register_family(

@@ -13,12 +13,13 @@ INTERNVL3 = ModelFamily(
     config_model_types=("internvl",),
     template="internvl3-hf",
     modalities=("text", "image"),
+    video=True,  # through the official processor, with torchvision (swiftlite/video.py)
     vision_tower=("model.vision_tower",),
     aligner=("model.multi_modal_projector",),
     language_model=("model.language_model",),
     requires=("transformers>=4.52",),
     grounding=True,
-    notes="the -hf checkpoints (transformers InternVL classes); video inputs are not wired yet",
+    notes="the -hf checkpoints (transformers InternVL classes); videos with torchvision (frames as tiles)",
 )
 
 register_family(

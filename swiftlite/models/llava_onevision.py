@@ -13,12 +13,13 @@ LLAVA_ONEVISION = ModelFamily(
     config_model_types=("llava_onevision",),
     template="llava-onevision-qwen",
     modalities=("text", "image"),
+    video=True,  # through the official processor, with torchvision (swiftlite/video.py)
     vision_tower=("model.vision_tower",),
     # image_newline is a bare parameter (the row separator of the un-padded tile features), trained with the projector.
     aligner=("model.multi_modal_projector", "model.image_newline"),
     language_model=("model.language_model",),
     requires=("transformers>=4.45",),
-    notes="anyres_max_9 tiling: token count depends on each image's size; video inputs are not wired yet",
+    notes="anyres_max_9 tiling: token count depends on each image's size; videos with torchvision",
 )
 
 register_family(

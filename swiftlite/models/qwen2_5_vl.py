@@ -12,13 +12,14 @@ QWEN2_5_VL = ModelFamily(
     config_model_types=("qwen2_5_vl",),
     template="qwen2_5-vl",
     modalities=("text", "image"),
+    video=True,  # through the official processor, with torchvision (swiftlite/video.py)
     vision_tower=("model.visual.patch_embed", "model.visual.blocks"),
     aligner=("model.visual.merger",),
     language_model=("model.language_model",),
     requires=("transformers>=4.49",),
     grounding=True,
     notes="several images per turn at native resolution; grounding with absolute pixel coordinates; "
-          "video inputs are not wired yet",
+          "videos with torchvision (frames sampled at FPS)",
 )
 
 

@@ -8,12 +8,13 @@ QWEN2_VL = ModelFamily(
     config_model_types=("qwen2_vl",),
     template="qwen2-vl",
     modalities=("text", "image"),
+    video=True,  # through the official processor, with torchvision (swiftlite/video.py)
     vision_tower=("model.visual.patch_embed", "model.visual.blocks"),
     aligner=("model.visual.merger",),
     language_model=("model.language_model",),
     requires=("transformers>=4.45",),
     grounding=True,
-    notes="several images per turn at native resolution; video inputs are not wired yet",
+    notes="several images per turn at native resolution; videos with torchvision (frames sampled at FPS)",
 )
 
 register_family(

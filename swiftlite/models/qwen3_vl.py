@@ -13,6 +13,7 @@ QWEN3_VL = ModelFamily(
     config_model_types=("qwen3_vl",),
     template="qwen3-vl",
     modalities=("text", "image"),
+    video=True,  # through the official processor, with torchvision (swiftlite/video.py)
     vision_tower=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
     # The final merger and the DeepStack mergers both project vision features into the LLM.
     aligner=("model.visual.merger", "model.visual.deepstack_merger_list"),
@@ -20,7 +21,7 @@ QWEN3_VL = ModelFamily(
     requires=("transformers>=4.57",),
     grounding=True,
     notes="dense checkpoints (the MoE ones are another architecture); grounding with 0-1000 relative "
-          "coordinates; video inputs (timestamped frames) are not wired yet",
+          "coordinates; videos with torchvision (timestamped frames)",
 )
 
 

@@ -24,7 +24,7 @@ from swiftlite.server.errors import APIError, bad_request, from_exception
 # Sampling fields both endpoints share.
 SAMPLING_FIELDS = {
     "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "n", "stream",
-    "stream_options", "user", "metadata", "store", "service_tier", "images", "audios",
+    "stream_options", "user", "metadata", "store", "service_tier", "images", "audios", "videos",
 }
 SAMPLING_FIELDS |= {"logit_bias", "presence_penalty", "frequency_penalty", "response_format"}
 CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
@@ -415,6 +415,9 @@ def _tool_calls(calls, param: str) -> list[dict]:
     return checked
 
 
+MAX_VIDEOS_PER_PROMPT = 2
+
+
 def _check_media_limits(images: list, audios: list, limits: RequestLimits, param: str) -> None:
     for kind, items in (("image", images), ("audio", audios)):
         limit = limits.limit_mm_per_prompt.get(kind)
@@ -456,7 +459,7 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
         if content is None and role != "assistant":
             raise bad_request(f"{param}.content is missing", param=f"{param}.content")
         try:
-            text, images, audios = content_parts_to_text(_normalise_parts(content))
+            text, images, audios = content_parts_to_text(_normalise_parts(content), videos=conversation.videos)
         except MediaError as error:
             raise bad_request(f"{param}.content: {error}", param=f"{param}.content", code="invalid_content") from None
         if role == "tool" and not any(m.get("tool_calls") for m in conversation.messages if m["role"] == "assistant"):
@@ -490,9 +493,14 @@ def parse_chat_request(body, limits: RequestLimits) -> ParsedRequest:
                           param="response_format")
     # ms-swift's `images`/`audios` fields: media for the conversation whose text holds no placeholder for them.
     conversation.images += extra_images
+    conversation.videos += _string_list(body, "videos")
     conversation.audios += _string_list(body, "audios")
     bind_unplaced_media(conversation)
     _check_media_limits(conversation.images, conversation.audios, limits, "messages")
+    if len(conversation.videos) > MAX_VIDEOS_PER_PROMPT:
+        # Each video costs a bounded decode (swiftlite/video.py); a request still may not ask for many.
+        raise bad_request(f"{len(conversation.videos)} videos in one prompt, but this server takes at most "
+                          f"{MAX_VIDEOS_PER_PROMPT}", param="messages", code="too_many_videos")
 
     common["sampling"].update(logprobs=logprobs, top_logprobs=top_logprobs)
     return ParsedRequest("chat", common["model"], [conversation], common["sampling"], max_tokens, common["n"],
@@ -547,7 +555,7 @@ def _normalise_parts(content):
         return content
     parts = []
     for part in content:
-        if isinstance(part, dict) and part.get("type") in ("audio", "image"):
+        if isinstance(part, dict) and part.get("type") in ("audio", "image", "video"):
             kind = part["type"]
             if part.get(kind) is None and part.get(f"{kind}_url") is not None:
                 part = {"type": f"{kind}_url", f"{kind}_url": part[f"{kind}_url"]}
@@ -583,6 +591,8 @@ def parse_completion_request(body, limits: RequestLimits) -> ParsedRequest:
     else:
         raise bad_request("'prompt' must be a string, a non-empty list of strings, a list of token ids or a list "
                           "of non-empty lists of token ids", param="prompt")
+    if _string_list(body, "videos"):
+        raise bad_request("'videos' is taken by /v1/chat/completions only", param="videos")
     if token_prompts is not None:
         if _string_list(body, "images") or _string_list(body, "audios"):
             raise bad_request("token-id prompts take no 'images'/'audios'", param="prompt")

@@ -23,6 +23,7 @@ from swiftlite.media import (
     load_audio,
     load_image,
 )
+from swiftlite.video import VIDEO_PLACEHOLDER
 
 IGNORE_INDEX = -100
 
@@ -197,7 +198,9 @@ class Template:
         while position <= len(text):
             next_image = text.find(IMAGE_PLACEHOLDER, position)
             next_audio = text.find(AUDIO_PLACEHOLDER, position)
-            candidates = [(i, kind) for i, kind in ((next_image, "image"), (next_audio, "audio")) if i >= 0]
+            next_video = text.find(VIDEO_PLACEHOLDER, position)
+            candidates = [(i, kind) for i, kind in ((next_image, "image"), (next_audio, "audio"),
+                                                    (next_video, "video")) if i >= 0]
             if not candidates:
                 if text[position:]:
                     parts.append({"type": "text", "text": text[position:]})
@@ -207,7 +210,8 @@ class Template:
                 parts.append({"type": "text", "text": text[position:index]})
             # Audio parts also carry an 'audio' key: Qwen2-Audio's hub-era template recognises items by that key only.
             parts.append({"type": kind, "audio": AUDIO_PLACEHOLDER} if kind == "audio" else {"type": kind})
-            position = index + len(IMAGE_PLACEHOLDER if kind == "image" else AUDIO_PLACEHOLDER)
+            placeholder = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}.get(kind, VIDEO_PLACEHOLDER)
+            position = index + len(placeholder)
         if not parts:
             parts.append({"type": "text", "text": ""})
         return {"role": message["role"], "content": parts, **extra}
@@ -229,7 +233,8 @@ class Template:
     def with_default_system(self, conversation: Conversation) -> Conversation:
         if self.default_system and conversation.system is None:
             messages = [{"role": "system", "content": self.default_system}] + conversation.messages
-            return Conversation(messages, conversation.images, conversation.audios, conversation.tools)
+            return Conversation(messages, conversation.images, conversation.audios, tools=conversation.tools,
+                                videos=conversation.videos)
         return conversation
 
     def assistant_spans(self, messages: list[dict], full: str, **chat_kwargs) -> list[tuple[int, int]]:
@@ -290,10 +295,14 @@ class Template:
         if conversation.system is not None and not self.meta.supports_system:
             raise TemplateError(f"template {self.meta.name!r} has no system prompt")
         check_media_count(conversation.texts(), conversation.images, conversation.audios)
-        if any("<video>" in text for text in conversation.texts() if text):
+        num_videos = sum(text.count(VIDEO_PLACEHOLDER) for text in conversation.texts() if text)
+        if num_videos != len(conversation.videos):
+            raise TemplateError(f"{num_videos} {VIDEO_PLACEHOLDER} placeholders but {len(conversation.videos)} "
+                                "videos were given")
+        if conversation.videos and (self.video_processor is None or not self.meta.processor_call):
             from swiftlite.video import video_error
 
-            raise TemplateError(video_error())
+            raise TemplateError(video_error(f"template {self.meta.name!r}"))
         if self.meta.max_images is not None and len(conversation.images) > self.meta.max_images:
             raise TemplateError(
                 f"template {self.meta.name!r} takes at most {self.meta.max_images} image(s), got {len(conversation.images)}"
@@ -305,7 +314,7 @@ class Template:
         tools = {"tools": conversation.tools} if conversation.tools else {}  # agent rows (ms-swift's `tools`)
         full = self.render(messages, add_generation_prompt, **tools)
         spans = [] if add_generation_prompt else self.assistant_spans(messages, full, **tools)
-        return self.encode_text(full, conversation.images, conversation.audios, spans)
+        return self.encode_text(full, conversation.images, conversation.audios, spans, videos=conversation.videos)
 
     def encode_raw(self, prompt: str, images: list | None = None, audios: list | None = None) -> dict[str, Any]:
         """A raw completion prompt with `<image>`/`<audio>` placeholders (base models, /v1/completions)."""
@@ -321,9 +330,10 @@ class Template:
             text = self.meta.raw_prompt(self, text)
         return self.encode_text(text, images, audios, [])
 
-    def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]]) -> dict[str, Any]:
+    def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]],
+                    videos: list | None = None) -> dict[str, Any]:
         if self.meta.processor_call:
-            return self._encode_with_processor(text, images, audios, spans)
+            return self._encode_with_processor(text, images, audios, spans, videos or [])
         inline: dict = {}
         if self.meta.inline_media and (images or audios):
             text, spans, inline = self._inline_media(text, spans, {"image": list(images), "audio": list(audios)})
@@ -378,7 +388,7 @@ class Template:
                                               video_processor=self.video_processor)
         return self._processor
 
-    def _encode_with_processor(self, text: str, images: list, audios: list, spans) -> dict[str, Any]:
+    def _encode_with_processor(self, text: str, images: list, audios: list, spans, videos: list) -> dict[str, Any]:
         """The official processor's __call__ on the rendered text; labels carried over from our tokenization."""
         if images and (self.image_processor is None or not self.meta.image_token):
             raise TemplateError(f"template {self.meta.name!r} takes no images")
@@ -393,6 +403,14 @@ class Template:
         if audios:
             rate = getattr(self.feature_extractor, "sampling_rate", 16000)
             media["audio"] = [load_audio(source, self.media_policy, sampling_rate=rate) for source in audios]
+        if videos:
+            # Decoded and sampled here, under bounds (swiftlite/video.py); the processor must not resample them.
+            from swiftlite.video import load_video
+
+            clips = [load_video(source, self.media_policy) for source in videos]
+            media["videos"] = [frames for frames, _ in clips]
+            media["video_metadata"] = [metadata for _, metadata in clips]
+            media["do_sample_frames"] = False
         if self.meta.processor_kwargs:
             media.update(self.meta.processor_kwargs(self))
         outputs = self.processor(text=[text], return_tensors="pt", add_special_tokens=self.meta.add_special_tokens,

@@ -103,6 +103,9 @@ class EncodedDataset:
                                                                 self.template.meta.audio_token) if token}
         if any(token in media_ids for token in encoded["input_ids"][:cut]):
             raise RowDropped(f"{length} tokens > --max_length {self.max_length}, and truncating would cut an image")
+        video_token = getattr(self.template.processor, "video_token", None) if self.template.video_processor else None
+        if video_token and self.template.token_id(video_token) in encoded["input_ids"][:cut]:
+            raise RowDropped(f"{length} tokens > --max_length {self.max_length}, and truncating would cut a video")
         sequence_keys = {"input_ids", "attention_mask", "labels", *self.template.meta.sequence_keys}
         for key in sequence_keys & encoded.keys():
             encoded[key] = list(encoded[key])[cut:]

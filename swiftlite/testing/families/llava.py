@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json, train_bpe, write_json
