@@ -10,6 +10,8 @@ family's media in today's layout (the older one is what the tiny builders write,
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 
 import httpx
@@ -27,10 +29,12 @@ from swiftlite.templates import get_template
 from swiftlite.testing.layouts import LAYOUTS, save_in_layout
 from swiftlite.testing.tiny import discover_builders
 
-# MiniCPM-V's processor cannot be built without its torchvision video processor, so it cannot be re-saved here.
+# MiniCPM-V's processor cannot be built without its torchvision video processor: it is re-saved and checked in
+# the torchvision lane (scripts/test_torchvision.sh) only.
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 NATIVE_MEDIA = sorted(name for name in discover_builders()
                       if set(FAMILIES[name].modalities) & {"image", "audio"} and not FAMILIES[name].remote_code
-                      and name != "minicpm_v")
+                      and (name != "minicpm_v" or HAS_TORCHVISION))
 # Families whose chat template renders the shared battery (PaliGemma has no chat template; Mllama's tests differ).
 BATTERY_FAMILIES = ("qwen2-vl", "qwen2_5-vl", "qwen3-vl", "llava1_5", "llava_next", "llava_onevision",
                     "internvl3", "glm4_1v", "smolvlm")
