@@ -72,7 +72,13 @@ if done.returncode:
     sys.exit("mm export failed: " + done.stderr[-2000:])
 tokenizer = transformers.AutoTokenizer.from_pretrained(merged)
 prompt = tokenizer("what shape is it? a red square").input_ids
-model = model_class.from_pretrained(merged, dtype=torch.float32).eval()
+reference = transformers.AutoConfig.from_pretrained(merged)
+if config["model_type"] == "paligemma":
+    # transformers attends bidirectionally over PaliGemma's prefix (a prompt without token_type_ids is all
+    # prefix), vLLM 0.32.0 causally: measured, in docs/export.md. The reference here is transformers' causal one,
+    # so the check is that the weights load and compute the same.
+    reference.text_config.use_bidirectional_attention = False
+model = model_class.from_pretrained(merged, config=reference, dtype=torch.float32).eval()
 ids, logprobs = list(prompt), []
 with torch.inference_mode():
     for _ in range(steps):  # greedy, no cache, no stop: the plain reference
