@@ -14,7 +14,7 @@ Not here (docs/export.md's vLLM table has the measured facts): mllama, which vLL
 whose Qwen3.5 language model's gated-delta-net layers on vLLM's CPU backend stop the fp32 start-up with "CPU GDN
 attention requires BF16"). LLaVA-1.5 and Qwen2-VL are tests/test_vllm.py's.
 
-The sweep takes about 10 min of the lane's time on 2 cores (45-70 s a family: build, merge, transformers, one
+The sweep takes 7.5-10 min of the lane's time on 2 cores (35-70 s a family: build, merge, transformers, one
 vLLM start-up); each family runs in processes of its own with 4 greedy steps.
 """
 
