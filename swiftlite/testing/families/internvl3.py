@@ -14,7 +14,8 @@ FAMILY = "internvl3"
 
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_layers: int = 2,
-          vision_dim: int = 32, image_size: int = 56, intermediate_size: int | None = None, seed: int = 0) -> Path:
+          vision_dim: int = 32, image_size: int = 56, intermediate_size: int | None = None, seed: int = 0,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -41,7 +42,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
     cfg = facts["config"]
     patch_size = cfg["vision_config"]["patch_size"][0]
     tokens_per_tile = int((image_size // patch_size) ** 2 * cfg["downsample_ratio"] ** 2)  # 256 at 448 px
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     config = InternVLConfig(
         vision_config=dict(
             hidden_size=vision_dim, intermediate_size=vision_dim * 2, num_hidden_layers=vision_layers,

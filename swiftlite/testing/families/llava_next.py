@@ -15,7 +15,8 @@ FAMILY = "llava_next"
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_layers: int = 2,
           vision_dim: int = 32, image_size: int = 28, intermediate_size: int | None = None, seed: int = 0,
-          variant: str = "mistral") -> Path:
+          variant: str = "mistral",
+          num_heads: int | None = None) -> Path:
     """variant "mistral" (llava-v1.6-mistral: `[INST]` template, Mistral LLM) or "vicuna" (LLaVA-1.5 template,
     Llama LLM), the two chat formats of the published v1.6 checkpoints."""
     import torch
@@ -51,7 +52,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         image_grid_pinpoints=pinpoints, image_mean=pre["image_mean"], image_std=pre["image_std"],
         do_pad=pre["do_pad"], do_center_crop=True,
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     text_config = dict(
         model_type="mistral" if variant == "mistral" else "llama", vocab_size=len(tokenizer),
         hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,

@@ -14,7 +14,8 @@ FAMILY = "llava_onevision"
 
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_layers: int = 2,
-          vision_dim: int = 32, image_size: int = 28, intermediate_size: int | None = None, seed: int = 0) -> Path:
+          vision_dim: int = 32, image_size: int = 28, intermediate_size: int | None = None, seed: int = 0,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import (GenerationConfig, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               PreTrainedTokenizerFast)
@@ -45,7 +46,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
     patch_size = facts["config"]["vision_config"]["patch_size"]
     tile_tokens = (image_size // patch_size) ** 2  # 729 at 384 px
     assert (official_tile // patch_size) ** 2 == pre["num_image_tokens"]
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     config = LlavaOnevisionConfig(
         vision_config=dict(
             model_type="siglip_vision_model", hidden_size=vision_dim, intermediate_size=vision_dim * 2,

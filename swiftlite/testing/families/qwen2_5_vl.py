@@ -19,7 +19,8 @@ def mrope_section(head_dim: int) -> list[int]:
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
           vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
-          max_pixels: int | None = None) -> Path:
+          max_pixels: int | None = None,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -35,7 +36,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         temporal_patch_size=pre["temporal_patch_size"], merge_size=pre["merge_size"],
         image_mean=pre["image_mean"], image_std=pre["image_std"],
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,

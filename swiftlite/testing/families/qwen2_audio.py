@@ -13,7 +13,8 @@ FAMILY = "qwen2-audio"
 
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, audio_layers: int = 2,
-          audio_dim: int = 32, intermediate_size: int | None = None, seed: int = 0) -> Path:
+          audio_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import (GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
                               WhisperFeatureExtractor)
@@ -28,7 +29,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, audio
         feature_size=pre["feature_size"], sampling_rate=pre["sampling_rate"], hop_length=pre["hop_length"],
         chunk_length=pre["chunk_length"], n_fft=pre["n_fft"], return_attention_mask=pre["return_attention_mask"],
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     config = Qwen2AudioConfig(
         audio_config=dict(
             num_mel_bins=pre["feature_size"], encoder_layers=audio_layers, encoder_attention_heads=max(2, audio_dim // 16),

@@ -14,7 +14,8 @@ FAMILY = "qwen3-vl"
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_depth: int = 2,
           vision_dim: int = 32, intermediate_size: int | None = None, seed: int = 0,
-          min_pixels: int = 64 * 64, max_pixels: int = 256 * 256) -> Path:
+          min_pixels: int = 64 * 64, max_pixels: int = 256 * 256,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -30,7 +31,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         temporal_patch_size=pre["temporal_patch_size"], merge_size=pre["merge_size"],
         image_mean=pre["image_mean"], image_std=pre["image_std"],
     )
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     head_dim = hidden_size // heads
     # Interleaved M-RoPE: head_dim/2 frequencies, every third one for height and width (24/20/20 of 64 on the hub).
     half = head_dim // 2

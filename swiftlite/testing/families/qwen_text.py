@@ -37,7 +37,8 @@ def qwen_tokenizer(facts: dict, chat_template: str, vocab_size: int = 400):
 
 
 def build_causal_lm(out_dir: Path, fixture: str, config_class: str, model_class: str, hidden_size: int,
-                    num_layers: int, intermediate_size: int | None, seed: int, **config_extra) -> Path:
+                    num_layers: int, intermediate_size: int | None, seed: int, num_heads: int | None = None,
+                    **config_extra) -> Path:
     import torch
     import transformers
     from transformers import GenerationConfig
@@ -46,7 +47,7 @@ def build_causal_lm(out_dir: Path, fixture: str, config_class: str, model_class:
     facts = fixture_facts(fixture)
     tokenizer = qwen_tokenizer(facts, fixture_chat_template(fixture))
     endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
@@ -66,6 +67,6 @@ def build_causal_lm(out_dir: Path, fixture: str, config_class: str, model_class:
 
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, intermediate_size: int | None = None,
-          seed: int = 0) -> Path:
+          seed: int = 0, num_heads: int | None = None) -> Path:
     return build_causal_lm(Path(out_dir), "qwen2.5", "Qwen2Config", "Qwen2ForCausalLM", hidden_size, num_layers,
-                           intermediate_size, seed)
+                           intermediate_size, seed, num_heads=num_heads)

@@ -16,7 +16,8 @@ FAMILY = "smolvlm"
 
 def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, vision_layers: int = 2,
           vision_dim: int = 32, image_size: int = 32, patch_size: int = 8, scale_factor: int = 2,
-          intermediate_size: int | None = None, seed: int = 0) -> Path:
+          intermediate_size: int | None = None, seed: int = 0,
+          num_heads: int | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
@@ -44,7 +45,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
         resample=pre["resample"], image_mean=pre["image_mean"], image_std=pre["image_std"],
     )
     tokens_per_tile = int((image_size // patch_size) ** 2 / scale_factor**2)  # 64 at 512 px, patch 16, scale 4
-    heads = max(2, hidden_size // 16)
+    heads = num_heads or max(2, hidden_size // 16)  # num_heads=2 at hidden 128: head_dim 32 (vLLM's CPU attention)
     config = Idefics3Config(
         vision_config=dict(
             hidden_size=vision_dim, intermediate_size=vision_dim * 2, num_hidden_layers=vision_layers,

