@@ -281,11 +281,12 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
     root = str(loaded.checkpoint.ckpt_dir) if loaded.checkpoint else str(loaded.resolved.model_dir)
     modalities = tuple(loaded.resolved.family.modalities)
     model_object = loaded.model
+    served_adapter = "default" if loaded.adapters else None  # vLLM's LoRA, or peft's adapter named "default"
     if infer_backend != "vllm" and merge_lora and loaded.adapters and not adapters and mergeable(model_object):
         # One adapter and no base model to serve beside it: merged weights skip peft's LoRA layers at every step.
         model_object = model_object.merge_and_unload()
         model_object.eval()
-    served_adapter = "default" if loaded.adapters and hasattr(model_object, "peft_config") else None
+        served_adapter = None
     served = [ServedModel(name, served_adapter, root, None, is_chat, is_multimodal, modalities=modalities)]
     for index, (adapter_name, path) in enumerate(adapters):
         if adapter_name == name:
