@@ -112,10 +112,7 @@ class StepEngine(BatchingEngine):
         while self.waiting:
             stream = self.waiting[0]
             if stream.cancelled:  # its client left while it waited: end its stream, or its handler waits forever
-                self.waiting.popleft()
-                for choice, row in enumerate(stream.request.rows):
-                    stream.put(ChoiceFinished(choice, RowResult(finish_reason="cancelled",
-                                                                prompt_tokens=len(row["input_ids"]))))
+                self._drop_cancelled()
                 continue
             if running_rows + rows + len(stream.request.rows) > self.max_batch_size:
                 break

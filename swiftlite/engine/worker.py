@@ -237,15 +237,19 @@ class BatchingEngine:
             self._report_queue()
             return batch
 
+    def _drop_cancelled(self) -> None:
+        """Take the cancelled request at the head of the queue off it, each choice answered "cancelled"."""
+        stream = self.waiting.popleft()
+        for choice, row in enumerate(stream.request.rows):
+            stream.put(ChoiceFinished(choice, RowResult(finish_reason="cancelled",
+                                                        prompt_tokens=len(row["input_ids"]))))
+
     def _move_fitting(self, batch: list[RequestStream], rows: int) -> int:
         """Move waiting requests into the batch, first come first served, while their rows fit."""
         while self.waiting:
             stream = self.waiting[0]
             if stream.cancelled:  # its client left while it waited: end its stream, or its handler waits forever
-                self.waiting.popleft()
-                for choice, row in enumerate(stream.request.rows):
-                    stream.put(ChoiceFinished(choice, RowResult(finish_reason="cancelled",
-                                                                prompt_tokens=len(row["input_ids"]))))
+                self._drop_cancelled()
                 continue
             if rows + len(stream.request.rows) > self.max_batch_size:
                 break
