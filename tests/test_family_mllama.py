@@ -126,7 +126,7 @@ def test_train_step_generate_and_prefixes(checkpoint, bound):
     model = load_model(checkpoint, family, torch.float32, device="cpu")
     check_train_step(model, template, family)
     # transformers' Mllama runs its cross-attention layers for a text-only row when the batch carries images
-    # (over the filler image, fully masked, yet gated into the residual) and skips them for the row alone, so
-    # the text row's logprobs move by a few 1e-3 next to an image row (measured 6e-3; tokens unchanged).
-    check_generate_batch(model, template, GREEN, text_row_atol=2e-2)
+    # and skips them for the row alone (measured: 0.57 in a text row's first logprob, other tokens); the engine
+    # generates text rows and image rows apart, so each row equals the row alone at the default tolerance.
+    check_generate_batch(model, template, GREEN)
     check_prefixes(model, family)

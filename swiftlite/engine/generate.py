@@ -403,6 +403,22 @@ def request_settings_only(model):
             target.generation_config = original
 
 
+# Mllama runs its cross-attention layers for every row of a batch that carries images, a text-only row
+# included (over a fully masked filler image, whose uniform attention is still gated into the residual), and
+# skips them for a batch of text rows only. A text row batched beside an image row would be answered otherwise
+# than alone, so these models generate their text rows and their image rows as separate batches.
+TEXT_ROWS_APART_FROM_IMAGE_ROWS = {"mllama"}
+
+
+def row_groups(model, rows: list[dict]) -> list[list[int]]:
+    """The row indices that may share one batch: all rows, or text rows and image rows apart (see above)."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in TEXT_ROWS_APART_FROM_IMAGE_ROWS:
+        return [list(range(len(rows)))]
+    with_images = [index for index, row in enumerate(rows) if "pixel_values" in row]
+    text_only = [index for index, row in enumerate(rows) if "pixel_values" not in row]
+    return [group for group in (with_images, text_only) if group]
+
+
 def generate(model, template, rows: list[dict], params: list[SamplingParams],
              on_delta: Callable[[int, str], None] | None = None,
              cancelled: Callable[[int], bool] | None = None,
@@ -410,6 +426,20 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
     """Generate for encoded rows (template.encode outputs) with per-row settings; returns one result per row.
 
     isolate_rows: a row whose own sampling fails ends with finish_reason "error" instead of raising."""
+    groups = row_groups(model, rows)
+    if len(groups) > 1:
+        results: list[RowResult | None] = [None] * len(rows)
+        for group in groups:
+            group_results = generate(
+                model, template, [rows[i] for i in group], [params[i] for i in group],
+                on_delta=(lambda row, text, group=group: on_delta(group[row], text)) if on_delta else None,
+                cancelled=(lambda row, group=group: cancelled(group[row])) if cancelled else None,
+                adapter_names=[adapter_names[i] for i in group] if adapter_names is not None else None,
+                isolate_rows=isolate_rows,
+            )
+            for index, result in zip(group, group_results):
+                results[index] = result
+        return results
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 

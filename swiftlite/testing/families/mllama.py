@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftlite.testing.tiny import fixture_chat_template, fixture_facts, patch_json, train_bpe
+from swiftlite.testing.tiny import INIT_RANGE, fixture_chat_template, fixture_facts, patch_json, train_bpe
 
 FAMILY = "mllama"
 
@@ -53,7 +53,7 @@ def build(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, visio
             intermediate_size=intermediate_size or hidden_size * 2, num_hidden_layers=num_layers,
             num_attention_heads=2, num_key_value_heads=1, cross_attention_layers=[num_layers - 1],
             max_position_embeddings=4096, bos_token_id=bos_id, eos_token_id=ids["<|end_of_text|>"],
-            pad_token_id=ids["<|finetune_right_pad_id|>"],
+            pad_token_id=ids["<|finetune_right_pad_id|>"], initializer_range=INIT_RANGE,
         ),
         image_token_index=ids["<|image|>"],
     )
