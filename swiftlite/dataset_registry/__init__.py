@@ -23,7 +23,7 @@ class DatasetEntry:
     modelscope_id: str | None
     hf_id: str | None  # None: not registered on the Hugging Face Hub (use ModelScope or a local copy)
     splits: tuple[str, ...]  # the hub splits that make up this named set, concatenated in this order
-    preprocess: Callable[[dict, str, str | None], dict]  # (row, subset, base_dir) -> a data.py record
+    preprocess: Callable[[dict, str, str | None], dict]  # (row, subset, base_dir) -> a dataset_formats record
     rows: int  # rows in the ModelScope copy's splits (the Hugging Face copy may differ: see notes)
     licence: str
     subsets: tuple[str, ...] = ("default",)  # `NAME:subset`; the first is used when none is named
@@ -101,7 +101,3 @@ def find_named_dataset(spec: str) -> tuple[DatasetEntry, str] | None:
         raise UserError(f"--dataset {spec}: {entry.name} has no subset {subset!r} "
                         f"(subsets: {', '.join(entry.subsets)})")
     return entry, subset
-
-
-def dataset_names() -> list[str]:
-    return list(DATASETS)

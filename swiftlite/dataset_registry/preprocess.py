@@ -2,8 +2,8 @@
 
 Each function takes the row as the hub stores it (a dict of columns), the chosen subset and the folder that
 relative media paths resolve against (a local copy's folder, else None), and returns a record in one of the
-formats swiftlite/data.py reads (`messages` + `images`/`audios`, or alpaca's instruction/output). data.py then
-checks and normalises it like a row of a file. A row that cannot be used raises RowError (the caller adds
+formats swiftlite/dataset_formats.py reads (`messages` + `images`/`audios`, or alpaca's instruction/output),
+which then checks and normalises it like a row of a file. A row that cannot be used raises RowError (the caller adds
 `source:row` and skips it under `--strict false`).
 
 Media stay as the set stores them: image bytes (HF's Image feature {"bytes", "path"}), a path, or a URL.
@@ -16,7 +16,7 @@ import json
 import os
 from collections import Counter
 
-from swiftlite.data import RowError
+from swiftlite.dataset_readers import RowError
 
 CAPTION_PROMPT = "please describe the image."  # ms-swift's coco-en prompt
 ASR_PROMPT = "语音转文本"  # ms-swift's aishell1 prompt ("speech to text")

@@ -18,7 +18,9 @@ import os
 import random
 from pathlib import Path
 
+from swiftlite.dataset_readers import RowError, materialise, read_file
 from swiftlite.errors import UserError
+from swiftlite.hub_env import hf_hub_reachable, hf_offline, modelscope_reachable
 
 DATASETS_DIR_ENV = "SWIFTLITE_DATASETS_DIR"
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
@@ -38,8 +40,6 @@ def read_named(entry, subset: str, sample: int | None, seed: int, use_hf: bool) 
 
 
 def convert(entry, subset: str, row, base_dir: str | None):
-    from swiftlite.data import RowError
-
     if isinstance(row, RowError):
         return row
     if not isinstance(row, dict):
@@ -97,42 +97,14 @@ def split_files(entry, folder: Path) -> list[tuple[str, Path]]:
 
 
 def read_local_copy(entry, folder: Path, sample: int | None, seed: int) -> tuple[list, str]:
-    from swiftlite import data
-
-    rows: list = []  # (source, row) lazily for parquet: (source, (table, index)) until sampled
+    rows: list = []  # parquet rows stay unconverted (ParquetRow) until sampled
     for _, path in split_files(entry, folder):
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            rows += _parquet_rows(path)
-        elif suffix == ".jsonl":
-            rows += data._read_jsonl(path, str(path))
-        elif suffix == ".json":
-            rows += data._read_json(path, str(path))
-        else:
-            rows += data._read_csv(path, str(path))
+        rows += read_file(path, str(path))
     picked = [rows[index] for index in sampled_indices(len(rows), sample, seed)]
-    return [(source, _materialise(row)) for source, row in picked], str(folder)
-
-
-def _parquet_rows(path: Path) -> list:
-    import pyarrow.parquet as parquet
-
-    table = parquet.read_table(path, memory_map=True)
-    return [(f"{path}:{index + 1}", (table, index)) for index in range(table.num_rows)]
-
-
-def _materialise(row):
-    if isinstance(row, tuple):  # a parquet row, converted only once sampled
-        table, index = row
-        return table.slice(index, 1).to_pylist()[0]
-    return row
+    return [(source, materialise(row)) for source, row in picked], str(folder)
 
 
 # ---- hubs ------------------------------------------------------------------------------------------------
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
-
-
 def not_available(entry, why: str) -> UserError:
     """The one-line error for a set that is neither copied locally nor cached, and cannot be downloaded."""
     hf = (f"; or the Hugging Face copy: `huggingface-cli download --repo-type dataset {entry.hf_id} "
@@ -145,14 +117,11 @@ def not_available(entry, why: str) -> UserError:
 
 
 def read_hf(entry, sample: int | None, seed: int) -> tuple[list, None]:
-    from swiftlite.data import _hub_reachable
-
     if entry.hf_id is None:
         raise UserError(f"--dataset {entry.name}: not on the Hugging Face Hub (ModelScope only: drop --use_hf, "
                         f"or put a copy in ${DATASETS_DIR_ENV}/{entry.name}/)")
-    offline = _truthy("HF_HUB_OFFLINE") or _truthy("HF_DATASETS_OFFLINE")
-    if not offline and not _hub_reachable():
-        # Without this check the hub client retries with back-off for half a minute before giving up.
+    offline = hf_offline()
+    if not offline and not hf_hub_reachable():
         raise not_available(entry, "not in a local copy, and the Hugging Face Hub cannot be reached "
                                    "(HF_HUB_OFFLINE=1 reads a cached copy)")
     try:
@@ -186,15 +155,10 @@ def _undecoded(datasets, loaded):
 
 
 def read_modelscope(entry, sample: int | None, seed: int) -> tuple[list, None]:
-    import socket
-
-    domain = os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn")
-    try:
-        socket.create_connection((domain, 443), timeout=5).close()
-    except OSError:
+    if not modelscope_reachable():
         # MsDataset.load asks the hub before reading its cache and, unreachable, fails only after retries.
         # Checked before importing modelscope, which alone takes seconds.
-        raise not_available(entry, "not in a local copy, and ModelScope cannot be reached") from None
+        raise not_available(entry, "not in a local copy, and ModelScope cannot be reached")
     try:
         from modelscope.msdatasets import MsDataset
     except ImportError as error:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swiftlite.errors import UserError
+from swiftlite.hub_env import use_hf_default
 from swiftlite.models.registry import (
     ModelFamily,
     family_for_config,
@@ -29,10 +30,6 @@ class ResolvedModel:
     template_type: str
     torch_dtype: str  # the checkpoint's preferred dtype on GPU
     is_chat: bool = True
-
-
-def use_hf_default() -> bool:
-    return os.environ.get("USE_HF", "0").lower() in ("1", "true", "yes")
 
 
 def read_config(model_dir: Path) -> dict:

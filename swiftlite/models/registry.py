@@ -13,7 +13,7 @@ Nothing here imports torch or transformers.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,6 @@ class ModelSpec:
     torch_dtype: str = "bfloat16"
     template: str | None = None  # overrides family.template (e.g. a base model of a chat family)
     is_chat: bool = True
-    requires: tuple[str, ...] = ()
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def template_type(self) -> str:
@@ -79,14 +77,10 @@ class UnknownModelError(ValueError):
     pass
 
 
-def normalise_model_type(name: str) -> str:
-    # ms-swift's Python API spells types as attribute names (ModelSpec.qwen_vl_chat -> 'qwen-vl-chat');
-    # accept either spelling on the command line too.
-    return name.strip()
-
-
 def get_model_type(name: str) -> ModelSpec:
-    name = normalise_model_type(name)
+    """A registered model type by name; underscores and dashes are interchangeable (ms-swift's Python API spells
+    types as attribute names: ModelType.qwen_vl_chat is 'qwen-vl-chat')."""
+    name = name.strip()
     if name in MODEL_TYPES:
         return MODEL_TYPES[name]
     dashed = name.replace("_", "-")
