@@ -21,7 +21,7 @@ from pathlib import Path
 
 from swiftlite.conversation import Conversation
 from swiftlite.dataset_formats import record_to_conversation
-from swiftlite.dataset_readers import RowError, read_file
+from swiftlite.dataset_readers import RowError, read_file, sampled_indices
 from swiftlite.errors import UserError
 from swiftlite.hub_env import hf_hub_reachable, hf_offline, use_hf_default
 from swiftlite.media import MediaError
@@ -137,11 +137,7 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
 
 def sample_rows(rows: list, count: int, seed: int) -> list:
     """N rows drawn without replacement (seeded); beyond the dataset's size, whole copies plus a sample."""
-    if not rows:
-        return []
-    generator = random.Random(seed)
-    copies, remainder = divmod(count, len(rows))
-    return list(rows) * copies + generator.sample(list(rows), remainder)
+    return [rows[index] for index in sampled_indices(len(rows), count, seed)]
 
 
 # ---- reading files and hub datasets ------------------------------------------------------------------

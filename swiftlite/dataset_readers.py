@@ -6,7 +6,8 @@ uses both. A record is a dict of columns, or the RowError of a row that could no
 that are not UTF-8), kept in place so that the caller decides whether to raise or skip it; a source is
 `file:row` (the line number for .jsonl, the row number for .json, .csv and .parquet, 1-based).
 A whole file that cannot be read (a .json or .csv that is not UTF-8 or not JSON) is a UserError naming
-`file:line`. Only the stdlib is imported at module level (pyarrow when a .parquet file is read).
+`file:line`. `sampled_indices` is the `#N` sampling rule, shared by files and named sets.
+Only the stdlib is imported at module level (pyarrow when a .parquet file is read).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,17 @@ def read_file(path: Path, name: str) -> list[tuple[str, object]]:
 def materialise(record):
     """A record as a dict (or the RowError it is): a ParquetRow is converted here."""
     return record.load() if isinstance(record, ParquetRow) else record
+
+
+def sampled_indices(count: int, sample: int | None, seed: int) -> list[int]:
+    """The rows a `#N` suffix picks out of `count`: all of them without one; N drawn without replacement
+    (seeded); beyond the size, whole copies and then a sample. Files and named sets sample alike."""
+    if sample is None:
+        return list(range(count))
+    if count == 0:
+        return []
+    copies, remainder = divmod(sample, count)
+    return list(range(count)) * copies + random.Random(seed).sample(range(count), remainder)
 
 
 def read_jsonl(path: Path, name: str) -> list:

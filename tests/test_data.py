@@ -261,3 +261,61 @@ def test_load_train_val_with_and_without_val_dataset(tmp_path):
     train, val, _ = load_train_val(dataset=[str(path)], val_dataset=None, dataset_test_ratio=0.25, seed=3,
                                    strict=True, model_type="ignored")  # a whole sft_args.json may be passed
     assert (len(train), len(val)) == (15, 5)
+
+
+# ---- the shape of the data path ------------------------------------------------------------------------
+DATA_LAYERS = {  # module -> its layer: a module imports only modules of lower layers
+    "swiftlite.hub_env": 0, "swiftlite.dataset_readers": 0,
+    "swiftlite.dataset_formats": 1,
+    "swiftlite.dataset_registry.preprocess": 2, "swiftlite.dataset_registry.sources": 2,
+    "swiftlite.dataset_registry": 3,
+    "swiftlite.data": 4,
+}
+
+
+def swiftlite_imports(module: str) -> set[tuple[str, str]]:
+    """(imported module, name) pairs of every swiftlite import in the module's file, function-level ones too."""
+    import ast
+    from pathlib import Path
+
+    import swiftlite
+
+    relative = Path(*module.split(".")[1:])
+    root = Path(swiftlite.__file__).parent
+    path = root / relative / "__init__.py" if (root / relative).is_dir() else (root / relative).with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    found, module_names = set(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("swiftlite"):
+            for alias in node.names:
+                joined = f"{node.module}.{alias.name}"
+                found.add((joined, "") if joined in DATA_LAYERS else (node.module, alias.name))
+                if joined in DATA_LAYERS:
+                    module_names[alias.asname or alias.name] = joined
+    for node in ast.walk(tree):  # `from swiftlite import data` then `data._read_jsonl`
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in module_names:
+            found.add((module_names[node.value.id], node.attr))
+    return found
+
+
+def test_data_flows_downhill_without_private_imports():
+    """Readers and formats at the bottom, dataset_registry above them, data.py on top: no circle, and no module
+    takes another's private names (sources.py once read data.py's _read_jsonl)."""
+    for module, layer in DATA_LAYERS.items():
+        for imported, name in swiftlite_imports(module):
+            assert not name.startswith("_"), f"{module} imports the private {imported}.{name}"
+            if imported in DATA_LAYERS and imported != module:
+                assert DATA_LAYERS[imported] < layer, f"{module} imports {imported}, which is not below it"
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("TRUE", True), ("yes", True), ("0", False),
+                                            ("no", False), ("", False), (None, False)])
+def test_env_flags_read_when_asked(monkeypatch, value, on):
+    from swiftlite.hub_env import env_flag, hf_offline, use_hf_default
+
+    for name in ("USE_HF", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    if value is not None:
+        monkeypatch.setenv("USE_HF", value)
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", value)
+    assert env_flag("USE_HF") is on and use_hf_default() is on and hf_offline() is on

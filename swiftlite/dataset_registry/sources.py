@@ -15,10 +15,9 @@ that says what to download and where, or which file to pass instead.
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
-from swiftlite.dataset_readers import RowError, materialise, read_file
+from swiftlite.dataset_readers import RowError, materialise, read_file, sampled_indices
 from swiftlite.errors import UserError
 from swiftlite.hub_env import hf_hub_reachable, hf_offline, modelscope_reachable
 
@@ -48,16 +47,6 @@ def convert(entry, subset: str, row, base_dir: str | None):
         return entry.preprocess(row, subset, base_dir)
     except RowError as error:
         return RowError(f"{entry.name}: {error}")
-
-
-def sampled_indices(count: int, sample: int | None, seed: int) -> list[int]:
-    """All indices, or N drawn as data.sample_rows draws rows (whole copies beyond the size, then a sample)."""
-    if sample is None:
-        return list(range(count))
-    if count == 0:
-        return []
-    copies, remainder = divmod(sample, count)
-    return list(range(count)) * copies + random.Random(seed).sample(range(count), remainder)
 
 
 # ---- local copies ----------------------------------------------------------------------------------------
