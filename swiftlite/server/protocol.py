@@ -16,9 +16,17 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-from swiftlite.conversation import URL_PLACEHOLDER, Conversation, bind_unplaced_media, bind_url_placeholders
+from swiftlite.conversation import Conversation, bind_unplaced_media
 from swiftlite.engine.generate import SamplingParams
-from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text, extract_media_tags
+from swiftlite.media import MediaError
+from swiftlite.prompt_parts import (
+    AUDIO_PLACEHOLDER,
+    IMAGE_PLACEHOLDER,
+    URL_PLACEHOLDER,
+    bind_url_placeholders,
+    content_parts_to_text,
+    extract_media_tags,
+)
 from swiftlite.server.errors import APIError, bad_request, from_exception
 
 # Sampling fields both endpoints share.
@@ -710,7 +718,7 @@ def encode_chat(template, conversation: Conversation, prefill: bool = False) -> 
     """A chat request's prompt. Plain conversations take the template's own path (template.encode); tools, tool
     turns, prefill (continue the last assistant message) and system-only conversations are rendered here with the
     checkpoint's chat template (apply_chat_template's tools= and continue_final_message=)."""
-    from swiftlite.media import check_media_count
+    from swiftlite.prompt_parts import check_media_count
 
     messages = conversation.messages
     system_only = len(messages) == 1 and messages[0]["role"] == "system"
