@@ -110,22 +110,16 @@ def content_parts_to_text(parts, videos: list | None = None) -> tuple[str, list,
             pieces.append(text)
             images += more_images
             audios += more_audios
-        elif kind == "image_url":
-            images.append(_url_field(part, "image_url", index))
-            pieces.append(IMAGE_PLACEHOLDER)
-        elif kind == "image":
-            if part.get("image") is None:
-                raise MediaError(f"content part {index} (type 'image') needs an 'image' field")
-            images.append(part["image"])
-            pieces.append(IMAGE_PLACEHOLDER)
-        elif kind == "audio_url":
-            audios.append(_url_field(part, "audio_url", index))
-            pieces.append(AUDIO_PLACEHOLDER)
-        elif kind == "audio":
-            if part.get("audio") is None:
-                raise MediaError(f"content part {index} (type 'audio') needs an 'audio' field")
-            audios.append(part["audio"])
-            pieces.append(AUDIO_PLACEHOLDER)
+        elif kind in ("image_url", "image", "audio_url", "audio"):
+            if kind.endswith("_url"):
+                source = _url_field(part, kind, index)
+            elif part.get(kind) is None:
+                raise MediaError(f"content part {index} (type '{kind}') needs an '{kind}' field")
+            else:
+                source = part[kind]
+            is_image = kind.startswith("image")
+            (images if is_image else audios).append(source)
+            pieces.append(IMAGE_PLACEHOLDER if is_image else AUDIO_PLACEHOLDER)
         elif kind == "input_audio":
             spec = part.get("input_audio")
             if not isinstance(spec, dict) or not isinstance(spec.get("data"), str) or not spec["data"]:

@@ -83,6 +83,14 @@ def test_content_parts_string_and_errors():
         content_parts_to_text([{"type": "image_url", "image_url": {}}])
     with pytest.raises(MediaError, match="content part 0 is malformed"):
         content_parts_to_text(["just a string"])
+    assert content_parts_to_text([{"type": "audio", "audio": "a.wav"}, {"type": "text", "text": "hi"}]) == (
+        "<audio>hi", [], ["a.wav"])
+    with pytest.raises(MediaError, match=r"^content part 1 \(type 'image'\) needs an 'image' field$"):
+        content_parts_to_text([{"type": "text", "text": "hi"}, {"type": "image"}])
+    with pytest.raises(MediaError, match=r"^content part 0 \(type 'audio'\) needs an 'audio' field$"):
+        content_parts_to_text([{"type": "audio", "audio": None}])
+    with pytest.raises(MediaError, match=r"^content part 0 \(type 'audio_url'\) needs 'audio_url' as a URL"):
+        content_parts_to_text([{"type": "audio_url", "audio_url": {"url": ""}}])
 
 
 def test_check_media_count():

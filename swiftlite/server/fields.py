@@ -42,7 +42,8 @@ def check_known_fields(body, allowed: set[str], endpoint: str) -> None:
         if name in NEUTRAL_VALUES:
             neutral, why = NEUTRAL_VALUES[name]
             if value != neutral and not (isinstance(neutral, list) and value == []):
-                raise bad_request(f"'{name}' = {show_value(value)} is not supported: {why}", param=name, code="unsupported")
+                raise bad_request(f"'{name}' = {show_value(value)} is not supported: {why}", param=name,
+                                  code="unsupported")
             continue
         if name == "best_of" and endpoint == "completion":
             continue  # checked against n below
