@@ -23,7 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, extract_media_tags
+from swiftlite.media import MediaError
+from swiftlite.prompt_parts import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, extract_media_tags
 from swiftlite.video import VIDEO_PLACEHOLDER, extract_video_tags
 
 PROMPT = "<<< "

@@ -106,10 +106,11 @@ def _inline(source):
     return _data_url(source) if _is_local_file(source) else source
 
 
-def _inline_tags(text: str | None) -> str | None:
+def _inline_tags(text: str | None, inline=_inline) -> str | None:
+    """`<img>`/`<audio>` tags whose source is a local file get the file's bytes instead (`inline` says how)."""
     if not text:
         return text
-    return _TAG_RE.sub(lambda m: f"<{m.group(1)}>{_inline(m.group(2).strip())}</{m.group(1)}>", text)
+    return _TAG_RE.sub(lambda m: f"<{m.group(1)}>{inline(m.group(2).strip())}</{m.group(1)}>", text)
 
 
 def convert_to_base64(*, messages: list[dict] | None = None, prompt: str | None = None,
@@ -120,13 +121,10 @@ def convert_to_base64(*, messages: list[dict] | None = None, prompt: str | None 
 
     result = {}
     if messages is not None:
-        result["messages"] = [
-            {**m, "content": _TAG_RE.sub(lambda t: f"<{t.group(1)}>{encode(t.group(2).strip())}</{t.group(1)}>",
-                                         m["content"])} if isinstance(m.get("content"), str) else m
-            for m in messages
-        ]
+        result["messages"] = [{**m, "content": _inline_tags(m["content"], encode)}
+                              if isinstance(m.get("content"), str) else m for m in messages]
     if prompt is not None:
-        result["prompt"] = _TAG_RE.sub(lambda t: f"<{t.group(1)}>{encode(t.group(2).strip())}</{t.group(1)}>", prompt)
+        result["prompt"] = _inline_tags(prompt, encode)
     if images is not None:
         result["images"] = [encode(image) for image in images]
     return result
@@ -154,8 +152,48 @@ def _raise_for_error(response: httpx.Response) -> None:
     raise ClientError(response.status_code, message, error)
 
 
-def _request_body(model_type: str, query: str, history, system, images, audios, config: XRequestConfig,
-                  is_chat: bool) -> tuple[str, dict]:
+def _is_chat_model(models: OpenAIObject, model_type: str) -> bool:
+    for card in models.data or []:
+        if card.id == model_type:
+            return card.is_chat is not False
+    return True
+
+
+def _parse_event(line: str):
+    """One SSE line -> a chunk object, "done", or None (comments, blank lines).
+
+    The server sends one `data:` line per event, so a line is an event; httpx-sse would do this job but is not
+    among our dependencies, and a dozen lines do not justify one.
+    """
+    if not line.startswith("data:"):
+        return None
+    data = line[len("data:"):].strip()
+    if data == "[DONE]":
+        return "done"
+    payload = json.loads(data)
+    if isinstance(payload, dict) and "error" in payload:
+        error = payload["error"] or {}
+        raise ClientError(500 if error.get("type") == "server_error" else 400, error.get("message", data), error)
+    return OpenAIObject.wrap(payload)
+
+
+# ---- one implementation of each call ------------------------------------------------------------------------
+# Each call is built here once (a _Call) and its answer read once (_read, _parse_event); the public functions
+# below only send it: the plain ones with httpx.Client, their _async twins with httpx.AsyncClient.
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    url: str
+    body: dict | None = None
+    stream: bool = False
+
+
+def _models_call(host: str, port, url: str | None) -> _Call:
+    return _Call("GET", _base_url(host, port, url) + "/models")
+
+
+def _inference_call(model_type: str, query: str, history, system, images, audios, config: XRequestConfig,
+                    is_chat: bool, base: str) -> _Call:
     body: dict = {"model": model_type}
     for name, value in asdict(config).items():
         if name in ("include_usage", "logprobs") or value is None:
@@ -185,59 +223,22 @@ def _request_body(model_type: str, query: str, history, system, images, audios, 
         body["images"] = [_inline(image) for image in images]
     if audios:
         body["audios"] = [_inline(audio) for audio in audios]
-    return path, body
+    return _Call("POST", base + path, body, stream=config.stream)
 
 
-def _is_chat_model(models: OpenAIObject, model_type: str) -> bool:
-    for card in models.data or []:
-        if card.id == model_type:
-            return card.is_chat is not False
-    return True
-
-
-def _parse_event(line: str):
-    """One SSE line -> a chunk object, "done", or None (comments, blank lines)."""
-    if not line.startswith("data:"):
-        return None
-    data = line[len("data:"):].strip()
-    if data == "[DONE]":
-        return "done"
-    payload = json.loads(data)
-    if isinstance(payload, dict) and "error" in payload:
-        error = payload["error"] or {}
-        raise ClientError(500 if error.get("type") == "server_error" else 400, error.get("message", data), error)
-    return OpenAIObject.wrap(payload)
-
-
-# ---- synchronous ------------------------------------------------------------------------------------------
-def get_model_list_client(host: str = "127.0.0.1", port: int | str = 8000, api_key: str | None = "EMPTY", *,
-                          url: str | None = None, timeout=DEFAULT_TIMEOUT) -> OpenAIObject:
-    """GET /v1/models: `.data[i].id`, `.data[i].is_chat`, `.data[i].is_multimodal`."""
-    response = httpx.get(_base_url(host, port, url) + "/models", headers=_headers(api_key), timeout=timeout)
+def _read(response: httpx.Response) -> OpenAIObject:
     _raise_for_error(response)
     return OpenAIObject.wrap(response.json())
 
 
-def inference_client(model_type: str, query: str, history: list | None = None, system: str | None = None,
-                     images: list | None = None, audios: list | None = None, *,
-                     request_config: XRequestConfig | None = None, host: str = "127.0.0.1", port: int | str = 8000,
-                     api_key: str | None = "EMPTY", is_chat_request: bool | None = None, url: str | None = None,
-                     timeout=DEFAULT_TIMEOUT):
-    """One chat (or completion) request; a response object, or an iterator of chunks when streaming."""
-    config = request_config or XRequestConfig()
-    base = _base_url(host, port, url)
-    if is_chat_request is None:
-        models = get_model_list_client(api_key=api_key, url=base, timeout=timeout)
-        is_chat_request = _is_chat_model(models, model_type)
-    path, body = _request_body(model_type, query, history, system, images, audios, config, is_chat_request)
-    client = httpx.Client(timeout=timeout, headers=_headers(api_key))
-    if not config.stream:
+# ---- synchronous ------------------------------------------------------------------------------------------
+def _send(client: httpx.Client, call: _Call):
+    """The call's answer: a response object, or, streamed, an iterator of chunks that closes `client` at the end."""
+    if not call.stream:
         with client:
-            response = client.post(base + path, json=body)
-            _raise_for_error(response)
-            return OpenAIObject.wrap(response.json())
+            return _read(client.request(call.method, call.url, json=call.body))
     # Open the stream now, so an error status raises here rather than at the first iteration.
-    response = client.send(client.build_request("POST", base + path, json=body), stream=True)
+    response = client.send(client.build_request(call.method, call.url, json=call.body), stream=True)
     if response.status_code >= 400:
         response.read()
         client.close()
@@ -258,36 +259,34 @@ def _iterate(client: httpx.Client, response: httpx.Response):
         client.close()
 
 
-# ---- asynchronous -----------------------------------------------------------------------------------------
-async def get_model_list_client_async(host: str = "127.0.0.1", port: int | str = 8000,
-                                      api_key: str | None = "EMPTY", *, url: str | None = None,
-                                      timeout=DEFAULT_TIMEOUT) -> OpenAIObject:
-    async with httpx.AsyncClient(timeout=timeout, headers=_headers(api_key)) as client:
-        response = await client.get(_base_url(host, port, url) + "/models")
-    _raise_for_error(response)
-    return OpenAIObject.wrap(response.json())
+def get_model_list_client(host: str = "127.0.0.1", port: int | str = 8000, api_key: str | None = "EMPTY", *,
+                          url: str | None = None, timeout=DEFAULT_TIMEOUT) -> OpenAIObject:
+    """GET /v1/models: `.data[i].id`, `.data[i].is_chat`, `.data[i].is_multimodal`."""
+    return _send(httpx.Client(timeout=timeout, headers=_headers(api_key)), _models_call(host, port, url))
 
 
-async def inference_client_async(model_type: str, query: str, history: list | None = None, system: str | None = None,
-                                 images: list | None = None, audios: list | None = None, *,
-                                 request_config: XRequestConfig | None = None, host: str = "127.0.0.1",
-                                 port: int | str = 8000, api_key: str | None = "EMPTY",
-                                 is_chat_request: bool | None = None, url: str | None = None,
-                                 timeout=DEFAULT_TIMEOUT):
-    """`await` it for a response object, or, when streaming, for an async iterator of chunks."""
+def inference_client(model_type: str, query: str, history: list | None = None, system: str | None = None,
+                     images: list | None = None, audios: list | None = None, *,
+                     request_config: XRequestConfig | None = None, host: str = "127.0.0.1", port: int | str = 8000,
+                     api_key: str | None = "EMPTY", is_chat_request: bool | None = None, url: str | None = None,
+                     timeout=DEFAULT_TIMEOUT):
+    """One chat (or completion) request; a response object, or an iterator of chunks when streaming."""
     config = request_config or XRequestConfig()
     base = _base_url(host, port, url)
     if is_chat_request is None:
-        models = await get_model_list_client_async(api_key=api_key, url=base, timeout=timeout)
+        models = get_model_list_client(api_key=api_key, url=base, timeout=timeout)
         is_chat_request = _is_chat_model(models, model_type)
-    path, body = _request_body(model_type, query, history, system, images, audios, config, is_chat_request)
-    client = httpx.AsyncClient(timeout=timeout, headers=_headers(api_key))
-    if not config.stream:
+    call = _inference_call(model_type, query, history, system, images, audios, config, is_chat_request, base)
+    return _send(httpx.Client(timeout=timeout, headers=_headers(api_key)), call)
+
+
+# ---- asynchronous: the same calls, awaited -----------------------------------------------------------------
+async def _send_async(client: httpx.AsyncClient, call: _Call):
+    if not call.stream:
         async with client:
-            response = await client.post(base + path, json=body)
-        _raise_for_error(response)
-        return OpenAIObject.wrap(response.json())
-    response = await client.send(client.build_request("POST", base + path, json=body), stream=True)
+            response = await client.request(call.method, call.url, json=call.body)
+        return _read(response)
+    response = await client.send(client.build_request(call.method, call.url, json=call.body), stream=True)
     if response.status_code >= 400:
         await response.aread()
         await client.aclose()
@@ -306,3 +305,26 @@ async def _iterate_async(client: httpx.AsyncClient, response: httpx.Response):
     finally:
         await response.aclose()
         await client.aclose()
+
+
+async def get_model_list_client_async(host: str = "127.0.0.1", port: int | str = 8000,
+                                      api_key: str | None = "EMPTY", *, url: str | None = None,
+                                      timeout=DEFAULT_TIMEOUT) -> OpenAIObject:
+    return await _send_async(httpx.AsyncClient(timeout=timeout, headers=_headers(api_key)),
+                             _models_call(host, port, url))
+
+
+async def inference_client_async(model_type: str, query: str, history: list | None = None, system: str | None = None,
+                                 images: list | None = None, audios: list | None = None, *,
+                                 request_config: XRequestConfig | None = None, host: str = "127.0.0.1",
+                                 port: int | str = 8000, api_key: str | None = "EMPTY",
+                                 is_chat_request: bool | None = None, url: str | None = None,
+                                 timeout=DEFAULT_TIMEOUT):
+    """`await` it for a response object, or, when streaming, for an async iterator of chunks."""
+    config = request_config or XRequestConfig()
+    base = _base_url(host, port, url)
+    if is_chat_request is None:
+        models = await get_model_list_client_async(api_key=api_key, url=base, timeout=timeout)
+        is_chat_request = _is_chat_model(models, model_type)
+    call = _inference_call(model_type, query, history, system, images, audios, config, is_chat_request, base)
+    return await _send_async(httpx.AsyncClient(timeout=timeout, headers=_headers(api_key)), call)

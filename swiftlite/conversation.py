@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, extract_media_tags
+from swiftlite.prompt_parts import (
+    AUDIO_PLACEHOLDER,
+    IMAGE_PLACEHOLDER,
+    URL_PLACEHOLDER,
+    bind_url_placeholders,
+    extract_media_tags,
+)
 
-URL_PLACEHOLDER = "<img/>"  # rtp-llm (seed 001): the prompt marks where each of `urls=[...]` goes
 _BOUND = "\x00bound-image-"  # stands for the k-th bound source inside a tag until the tags are read
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -79,28 +84,6 @@ def conversation_from_query(
     conversation = Conversation(messages, found_images + images, found_audios + list(audios or []))
     bind_unplaced_media(conversation)
     return conversation
-
-
-def bind_url_placeholders(texts: list[str], urls: list[str]) -> list[str]:
-    """rtp-llm's ``<img/>`` placeholders across `texts` take `urls` in order, each written as an
-    ``<img>URL</img>`` tag, so extract_media_tags then reads them in place among any other tags."""
-    from swiftlite.media import bind_placeholder_urls
-
-    # bind_placeholder_urls checks the count (one clear error) over the whole conversation at once.
-    bind_placeholder_urls("".join(texts), urls)
-    for url in urls:
-        if not isinstance(url, str) or "<" in url or ">" in url:
-            raise MediaError(f"the images bound to {URL_PLACEHOLDER} placeholders must be paths or URLs "
-                             f"without '<' or '>', got {url!r:.60}")
-    remaining = iter(urls)
-    bound_texts = []
-    for text in texts:
-        pieces = text.split(URL_PLACEHOLDER)
-        bound = pieces[0]
-        for piece in pieces[1:]:
-            bound += f"<img>{next(remaining)}</img>" + piece
-        bound_texts.append(bound)
-    return bound_texts
 
 
 def bind_unplaced_media(conversation: Conversation) -> None:

@@ -23,7 +23,8 @@ import re
 
 from swiftlite.conversation import Conversation, agent_turns, validate_roles
 from swiftlite.dataset_readers import RowError
-from swiftlite.media import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MediaError, content_parts_to_text
+from swiftlite.media import MediaError
+from swiftlite.prompt_parts import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, content_parts_to_text
 from swiftlite.video import VIDEO_PLACEHOLDER, has_video, video_error, videos_supported
 
 ROLE_NAMES = {

@@ -14,15 +14,9 @@ import pytest
 from PIL import Image
 
 from swiftlite.media import (
-    AUDIO_PLACEHOLDER,
-    IMAGE_PLACEHOLDER,
     MediaError,
     MediaPolicy,
-    bind_placeholder_urls,
-    check_media_count,
-    content_parts_to_text,
     encode_file_base64,
-    extract_media_tags,
     image_to_data_url,
     limit_image_pixels,
     load_audio,
@@ -30,6 +24,7 @@ from swiftlite.media import (
     read_media_bytes,
     short,
 )
+from swiftlite.prompt_parts import content_parts_to_text, extract_media_tags
 
 
 def png_bytes(size=(7, 5), color=(255, 0, 0), mode="RGB") -> bytes:
@@ -293,28 +288,7 @@ def test_urls_refused_by_policy(server_url):
         load_image(f"{server_url}/red.png", MediaPolicy(allow_urls=False))
 
 
-# --------------------------------------------------------------------------- prompt text helpers
-
-
-def test_extract_media_tags_qwen_vl_example():
-    text = "Picture 1:<img>a.png</img>\nPicture 2:<img>b.png</img>\nwhat"
-    assert extract_media_tags(text) == ("Picture 1:<image>\nPicture 2:<image>\nwhat", ["a.png", "b.png"], [])
-    assert extract_media_tags("Picture 1:<img>a.png</img>\nWhat?") == ("Picture 1:<image>\nWhat?", ["a.png"], [])
-
-
-def test_extract_media_tags_audio_order_and_whitespace():
-    text = "Audio 1:<audio> x.wav </audio>then <img>http://h/a.png</img> and <audio>y.wav</audio>."
-    new_text, images, audios = extract_media_tags(text)
-    assert new_text == "Audio 1:<audio>then <image> and <audio>."
-    assert images == ["http://h/a.png"]
-    assert audios == ["x.wav", "y.wav"]
-
-
-def test_extract_media_tags_leaves_bare_placeholders_alone():
-    text = "<image><audio> and <img/> stay"
-    assert extract_media_tags(text) == (text, [], [])
-    # A bare <audio> placeholder before a real tag must not swallow it.
-    assert extract_media_tags("<audio> then <audio>z.wav</audio>") == ("<audio> then <audio>", [], ["z.wav"])
+# --------------------------------------------------------------------------- prompt parts -> media
 
 
 def test_extract_media_tags_multiline_base64(png_path):
@@ -324,51 +298,6 @@ def test_extract_media_tags_multiline_base64(png_path):
     assert new_text == "look:<image>?"
     assert images == [wrapped]
     assert_red_rgb(load_image(images[0]))
-
-
-def test_bind_placeholder_urls():
-    assert bind_placeholder_urls("a<img/>b<img/>", ["u1", "u2"]) == ("a<image>b<image>", ["u1", "u2"])
-    with pytest.raises(MediaError, match=r"2 <img/> placeholders but 1 image URLs"):
-        bind_placeholder_urls("a<img/>b<img/>", ["u1"])
-
-
-def test_content_parts_every_type():
-    parts = [
-        {"type": "text", "text": "A:"},
-        {"type": "image_url", "image_url": {"url": "http://h/1.png"}},
-        {"type": "image_url", "image_url": "http://h/2.png"},
-        {"type": "text", "text": " B<img>3.png</img>"},
-        {"type": "image", "image": "4.png"},
-        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
-        {"type": "audio_url", "audio_url": {"url": "http://h/5.wav"}},
-        {"type": "text", "text": "?"},
-    ]
-    text, images, audios = content_parts_to_text(parts)
-    assert (IMAGE_PLACEHOLDER, AUDIO_PLACEHOLDER) == ("<image>", "<audio>")
-    assert text == "A:<image><image> B<image><image><audio><audio>?"
-    assert images == ["http://h/1.png", "http://h/2.png", "3.png", "4.png"]
-    assert audios == ["data:audio/wav;base64,UklGRg==", "http://h/5.wav"]
-    check_media_count(text, images, audios)
-
-
-def test_content_parts_string_and_errors():
-    assert content_parts_to_text("x<img>a.png</img>") == ("x<image>", ["a.png"], [])
-    with pytest.raises(MediaError, match=r"content part 1 has unsupported type 'input_file'"):
-        content_parts_to_text([{"type": "text", "text": "hi"}, {"type": "input_file", "input_file": {"url": "v"}}])
-    with pytest.raises(MediaError, match=r"content part 1 \(type 'video_url'\): video"):
-        content_parts_to_text([{"type": "text", "text": "hi"}, {"type": "video_url", "video_url": {"url": "v"}}])
-    with pytest.raises(MediaError, match=r"content part 0 \(type 'image_url'\)"):
-        content_parts_to_text([{"type": "image_url", "image_url": {}}])
-    with pytest.raises(MediaError, match="content part 0 is malformed"):
-        content_parts_to_text(["just a string"])
-
-
-def test_check_media_count():
-    check_media_count(["<image>a", "<image><audio>"], ["x", "y"], ["z"])
-    with pytest.raises(MediaError, match=r"^row 3: 3 <image> placeholders but 2 images were given$"):
-        check_media_count("<image><image><image>", ["a", "b"], [], where="row 3")
-    with pytest.raises(MediaError, match=r"^1 <audio> placeholders but 0 audios were given$"):
-        check_media_count(["hi", "<audio>"], [], [])
 
 
 # --------------------------------------------------------------------------- audio

@@ -220,7 +220,8 @@ def test_sft_infer_deploy_with_media_in_todays_layout(base_dirs, tmp_path, capsy
 
 def test_a_video_without_torchvision_is_refused_with_one_line(tmp_path, capsys, base_dirs):
     from swiftlite.data import RowError, record_to_conversation
-    from swiftlite.media import MediaError, content_parts_to_text
+    from swiftlite.media import MediaError
+    from swiftlite.prompt_parts import content_parts_to_text
     from swiftlite.templates import TemplateError
 
     from swiftlite.models.processors import has_torchvision

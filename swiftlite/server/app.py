@@ -39,15 +39,13 @@ from swiftlite.engine.worker import (
     QueueFull,
     TokenDelta,
 )
+from swiftlite.server.chat_request import parse_chat_request
+from swiftlite.server.completion_request import parse_completion_request
+from swiftlite.server.encoding import encode_request
 from swiftlite.server.errors import APIError, bad_request, from_exception
+from swiftlite.server.json_body import parse_json_body
 from swiftlite.server.metrics import Metrics
-from swiftlite.server.protocol import (
-    RequestLimits,
-    encode_request,
-    parse_chat_request,
-    parse_completion_request,
-    parse_json_body,
-)
+from swiftlite.server.protocol import RequestLimits
 from swiftlite.server.responses import ResponseBuilder, sse
 from swiftlite.server.security import RequestGuard
 

@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from swiftlite.conversation import Conversation, validate_roles
-from swiftlite.media import (
-    AUDIO_PLACEHOLDER,
-    IMAGE_PLACEHOLDER,
-    MediaPolicy,
-    check_media_count,
-    limit_image_pixels,
-    load_audio,
-    load_image,
-)
+from swiftlite.media import MediaPolicy, limit_image_pixels, load_audio, load_image
+from swiftlite.prompt_parts import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, check_media_count
 from swiftlite.video import VIDEO_PLACEHOLDER
 
 IGNORE_INDEX = -100
