@@ -7,7 +7,6 @@ missing optimizer.pt starts a fresh optimizer without a word, a global_step of -
 
 from __future__ import annotations
 
-import sys
 import zipfile
 from pathlib import Path
 
@@ -85,7 +84,3 @@ def check_rng_file(path: Path) -> None:
     state = check_torch_file(path)
     if not isinstance(state, dict) or not {"python", "numpy", "cpu"} <= set(state):
         raise UserError(f"{path}: not a random-state file of the Trainer (no python/numpy/cpu states)")
-
-
-def stderr_report(message: str) -> None:
-    print(f"mm sft: {message}", file=sys.stderr, flush=True)

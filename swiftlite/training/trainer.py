@@ -233,7 +233,9 @@ class CheckpointPublisher(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         from transformers.trainer_utils import rotate_checkpoints
 
-        if self.saving is None or self.trainer.run_dir == self.staging:
+        if self.trainer.run_dir == self.staging:  # no run_dir given: the Trainer's checkpoints stay where they are
+            self.saving = None
+        if self.saving is None:
             return
         staged, final = self.staging / self.saving, self.trainer.run_dir / self.saving
         self.trainer.accelerator.wait_for_everyone()  # every rank has written its part (rng state, shards)
