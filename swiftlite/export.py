@@ -14,13 +14,12 @@ training, LoRA on embeddings or convolutions, ...) goes through peft: load the b
 in place, save_pretrained.
 
 The target appears all at once: files go to `.<name>.tmp-<pid>` beside it and are renamed into place at
-the end, so an interrupted export leaves no target (a killed one's temp dir is removed by the next export).
+the end, so an interrupted export leaves no target (a killed one's temp dir is removed by the next export);
+swiftlite.models.checkpoint_files does the staging and publishing, for `mm sft`'s checkpoints too.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import sys
@@ -35,12 +34,9 @@ import typer
 from swiftlite.errors import UserError, disk_full
 from swiftlite.export_layout import write_vllm_layout
 from swiftlite.lora_merge import DirectPlan, copy_config, plan_direct_merge, read_json, write_merged
-from swiftlite.models.checkpoint_files import processor_files
+from swiftlite.models.checkpoint_files import (SFT_ARGS_FILE, non_weight_files, processor_files, publish,
+                                               read_sft_args, stage_beside, write_sft_args)
 from swiftlite.options import click_errors, flag, opt
-
-SFT_ARGS_FILE = "sft_args.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot",
-                   ".index.json")
 
 _EXPORT_LOCK = threading.Lock()  # one export at a time per process (the temp dir is named by pid)
 
@@ -172,10 +168,7 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
                         "(or --output_dir to write elsewhere)")
 
     with _EXPORT_LOCK:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(target)
-        temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        temp.mkdir()
+        temp = stage_beside(target, _note)
         try:
             report = MergeReport(target)
             plan = plan_direct_merge(checkpoint.ckpt_dir, base_dir) if method != "peft" else None
@@ -201,9 +194,9 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
             if check_load:
                 _check_loads(temp, resolved.family)
             report.files = sorted(p.name for p in temp.iterdir())
-            for path in [*temp.iterdir(), temp]:  # on disk before the rename publishes them
-                _fsync(path)
-            _move_into_place(temp, target, overwrite)
+            if target.exists() and not overwrite:  # appeared while we merged (another export)
+                raise UserError(f"{target} appeared while merging; pass --overwrite true to replace it")
+            publish(temp, target)  # --overwrite: the old directory goes only once the new one is complete
         except BaseException as error:
             shutil.rmtree(temp, ignore_errors=True)
             full = isinstance(error, Exception) and disk_full(
@@ -236,7 +229,7 @@ def _read_lora_checkpoint(ckpt_dir):
 
 def _is_export_of(target: Path, ckpt_dir: Path) -> bool:
     try:
-        args = read_json(target / SFT_ARGS_FILE)
+        args = read_sft_args(target)
         return (target / "config.json").is_file() and args["merged_from"] == str(ckpt_dir)
     except (OSError, KeyError, UserError):
         return False
@@ -281,10 +274,7 @@ def _config_dtype(base_dir: Path):
 def _copy_processor_files(base_dir: Path, ckpt_dir: Path, out_dir: Path) -> None:
     """Everything of the base dir except weights (tokenizer, processors, chat template, generation config, code,
     licence), then the checkpoint's own tokenizer/processor files, which are what training used."""
-    for path in sorted(base_dir.iterdir()):
-        if (path.name.startswith(".") or not path.is_file() or path.name in ("config.json", SFT_ARGS_FILE)
-                or path.name.endswith(WEIGHT_SUFFIXES)):
-            continue
+    for path in non_weight_files(base_dir):
         shutil.copyfile(path, out_dir / path.name)
     for path in processor_files(ckpt_dir):
         shutil.copyfile(path, out_dir / path.name)
@@ -303,7 +293,7 @@ def _write_sft_args(checkpoint, resolved, target: Path, out_dir: Path, method: s
     )
     if dtype:
         args["dtype"] = dtype
-    (out_dir / SFT_ARGS_FILE).write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n")
+    write_sft_args(out_dir, args)
 
 
 def _check_complete(out_dir: Path, base_dir: Path) -> None:
@@ -331,54 +321,6 @@ def _check_loads(out_dir: Path, family) -> None:
     if not bool(torch.isfinite(logits).all()):
         raise UserError(f"the merged model in {out_dir} computes NaN/inf logits; nothing was written")
     del model
-
-
-# ---- an all-or-nothing target directory ---------------------------------------------------------------------
-def _remove_leftovers(target: Path) -> None:
-    """Remove temp dirs of exports that were killed; refuse if another live export is writing this target."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)")
-    for path in target.parent.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        if pid != os.getpid() and _process_alive(pid):
-            raise UserError(f"another export (pid {pid}) is writing {target} (temp dir {path}); wait for it to "
-                            "finish, or delete that directory if it is not running")
-        _note(f"removing {path}, left by an interrupted export")
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished
-    except ProcessLookupError:
-        return False
-    except (OSError, IndexError):  # not ours to signal, or no /proc: assume it runs
-        return True
-
-
-def _move_into_place(temp: Path, target: Path, overwrite: bool) -> None:
-    if target.exists() and not overwrite:  # appeared while we merged (another export)
-        raise UserError(f"{target} appeared while merging; pass --overwrite true to replace it")
-    if target.exists():  # --overwrite: the old directory goes only once the new one is complete
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.rename(target, old)
-        os.rename(temp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(temp, target)
-    _fsync(target.parent)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a directory entry to disk (a crash must not publish empty weight files)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ the weights as they load), load the model and pick what trains, train, save and 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -24,6 +23,7 @@ from typing import Annotated
 
 from swiftlite.errors import UserError
 from swiftlite.options import flag, opt
+from swiftlite.training.flags import DataFlags, SftFlags, TunerFlags
 
 SFT_TYPES = ("lora", "full")
 DTYPES = ("auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32")
@@ -147,8 +147,7 @@ def sft(
     fsdp: Annotated[str | None, opt("fsdp", "FSDP options for the Trainer, e.g. 'full_shard auto_wrap'.")] = None,
     fsdp_config: Annotated[str | None, opt("fsdp_config", "FSDP JSON config file.")] = None,
 ) -> None:
-    args = dict(locals())
-    run_sft(args)
+    run_sft(SftFlags.from_dict(locals()))  # the flags, typed and grouped, from here down
 
 
 def sft_main(**flags) -> dict:
@@ -163,22 +162,22 @@ def sft_main(**flags) -> dict:
 
     from swiftlite.options import python_keywords
 
-    flags = python_keywords(sft, flags)  # ms-swift 3.x/4.x names too: train_type=, per_device_train_batch_size=
+    keywords = python_keywords(sft, flags)  # ms-swift 3.x/4.x names too: train_type=, per_device_train_batch_size=
     parameters = inspect.signature(sft).parameters
-    unknown = sorted(set(flags) - set(parameters))
+    unknown = sorted(set(keywords) - set(parameters))
     if unknown:
         raise UserError(f"sft_main: unknown flag(s) {', '.join(unknown)}")
-    args = {name: parameter.default for name, parameter in parameters.items()}
-    args.update(flags)
+    values = {name: parameter.default for name, parameter in parameters.items()}
+    values.update(keywords)
     for name in ("dataset", "val_dataset", "lora_target_modules", "report_to"):
-        if isinstance(args[name], str):
-            args[name] = [args[name]]
-    return run_sft(args)
+        if isinstance(values[name], str):
+            values[name] = [values[name]]
+    return run_sft(SftFlags.from_dict(values))
 
 
-def run_sft(args: dict) -> dict:
-    """Train with the flags in `args` (the parameters of `sft`); returns the final summary."""
-    check_flags(args)
+def run_sft(flags: SftFlags) -> dict:
+    """Train with `flags` (those of `mm sft`); returns the final summary."""
+    flags = check_flags(flags)
     # Idle OpenMP threads sleep instead of spinning. When the cores are shared (dataloader workers, other
     # jobs), spinning threads wait on each other and training on CPU slowed 10-50x in our measurements;
     # with sleeping threads it does not. Read by the OpenMP runtime when torch loads, so only set it here.
@@ -189,7 +188,7 @@ def run_sft(args: dict) -> dict:
     if wants_relaunch():
         import typer
 
-        code = relaunch_with_torchrun(args)
+        code = relaunch_with_torchrun(flags.as_dict())
         if code:
             raise typer.Exit(code)
         return {}
@@ -199,8 +198,9 @@ def run_sft(args: dict) -> dict:
     # ---- load the dataset (bad rows fail before any model is loaded) ----
     from swiftlite.data import load_train_val
 
-    train_rows, val_rows, skipped = load_train_val(args["dataset"], args["val_dataset"], args["dataset_test_ratio"],
-                                                   args["seed"], args["strict"], use_hf=args["use_hf"])
+    data = flags.data
+    train_rows, val_rows, skipped = load_train_val(data.dataset, data.val_dataset, data.dataset_test_ratio,
+                                                   flags.optim.seed, data.strict, use_hf=flags.model.use_hf)
     if not train_rows:
         raise UserError("--dataset: no usable training rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
     report(f"dataset: {len(train_rows)} training rows, {len(val_rows)} validation rows"
@@ -210,16 +210,18 @@ def run_sft(args: dict) -> dict:
     from swiftlite.models.loading import choose_dtype, load_tokenizer, resolve_model
     from swiftlite.templates import get_template
 
-    resolved = resolve_model(args["model_type"], args["model"], args["use_hf"], args["model_revision"])
+    resolved = resolve_model(flags.model.model_type, flags.model.model, flags.model.use_hf, flags.model.model_revision)
     tokenizer = load_tokenizer(resolved.model_dir, resolved.family)
-    template_type = args["template_type"] or resolved.template_type
-    template = get_template(template_type, tokenizer, default_system=args["system"], max_pixels=args["max_pixels"])
-    torch_dtype = choose_dtype(args["dtype"], resolved.torch_dtype)
+    template_type = flags.model.template_type or resolved.template_type
+    template = get_template(template_type, tokenizer, default_system=flags.model.system,
+                            max_pixels=flags.model.max_pixels)
+    torch_dtype = choose_dtype(flags.model.dtype, resolved.torch_dtype)
     from swiftlite.training.precision import plan_precision
 
-    precision = plan_precision(str(torch_dtype).replace("torch.", ""), on_gpu=on_gpu(), pure_bf16=args["pure_bf16"],
-                               deepspeed=bool(args["deepspeed"]), fsdp=bool(args["fsdp"] or args["fsdp_config"]))
-    if args["packing"]:
+    precision = plan_precision(str(torch_dtype).replace("torch.", ""), on_gpu=on_gpu(), pure_bf16=flags.model.pure_bf16,
+                               deepspeed=bool(flags.distributed.deepspeed),
+                               fsdp=bool(flags.distributed.fsdp or flags.distributed.fsdp_config))
+    if flags.data.packing:
         from swiftlite.training.packing import check_packing
 
         check_packing(resolved.family)
@@ -228,14 +230,14 @@ def run_sft(args: dict) -> dict:
     from swiftlite.training.launch import AUTO_RESUME, find_resume_checkpoint
 
     continue_in_place = False
-    if (args["resume_from_checkpoint"] or "").lower() in AUTO_RESUME:
-        checkpoint, continue_in_place = find_resume_checkpoint(args["output_dir"], resolved.model_type,
-                                                               args["add_output_dir_suffix"], report)
-        args["resume_from_checkpoint"] = str(checkpoint)
+    if (flags.output.resume_from_checkpoint or "").lower() in AUTO_RESUME:
+        checkpoint, continue_in_place = find_resume_checkpoint(flags.output.output_dir, resolved.model_type,
+                                                               flags.output.add_output_dir_suffix, report)
+        flags = flags.replace(resume_from_checkpoint=str(checkpoint))
         report(f"resuming from {checkpoint}")
         from swiftlite.training.resume_checks import check_resume_checkpoint
 
-        check_resume_checkpoint(checkpoint, args["sft_type"], args["lora_rank"], report)
+        check_resume_checkpoint(checkpoint, flags.tuner.sft_type, flags.tuner.lora_rank, report)
 
     # ---- the run directory and the training arguments: before the model loads ----
     # Built first so that DeepSpeed's config is live while loading (ZeRO-3 then partitions the weights across
@@ -245,36 +247,36 @@ def run_sft(args: dict) -> dict:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     check_gpus_for_processes(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if continue_in_place:
-        run_dir = Path(args["resume_from_checkpoint"]).parent
-    elif args["add_output_dir_suffix"]:
-        run_dir = agree_on_output_dir(lambda: versioned_output_dir(args["output_dir"], resolved.model_type))
+        run_dir = Path(flags.output.resume_from_checkpoint).parent
+    elif flags.output.add_output_dir_suffix:
+        run_dir = agree_on_output_dir(lambda: versioned_output_dir(flags.output.output_dir, resolved.model_type))
     else:
-        run_dir = Path(args["output_dir"]).expanduser().resolve()
-    training_args = build_training_args(args, run_dir, precision, has_eval=bool(val_rows),
-                                        world_size=world_size, trains_vision=trains_vision(args))
+        run_dir = Path(flags.output.output_dir).expanduser().resolve()
+    training_args = build_training_args(flags, run_dir, precision, has_eval=bool(val_rows),
+                                        world_size=world_size, trains_vision=trains_vision(flags.tuner))
 
     # ---- load the model and choose what trains ----
-    share_cpu_cores(args)
+    share_cpu_cores(flags.data)
     from swiftlite.api import seed_everything
 
     # Before anything random: the LoRA initialisation happens here, before the Trainer seeds (again) for
     # dropout and shuffling; the dataset's sampling and held-out split use their own generators from --seed.
-    seed_everything(args["seed"])
+    seed_everything(flags.optim.seed)
     from swiftlite.training.lora import apply_lora, freeze_parts, parameter_summary, resolve_target_modules
 
     try:
-        model = load_training_model(args, resolved, precision, training_args)
-        if args["sft_type"] == "lora":
-            targets = resolve_target_modules(model, resolved.family, args["lora_target_modules"] or ["DEFAULT"],
-                                             args["freeze_vit"], args["freeze_aligner"])
-            model = apply_lora(model, resolved.family, targets, args["lora_rank"], args["lora_alpha"],
-                               args["lora_dropout"], args["freeze_aligner"])
+        model = load_training_model(flags, resolved, precision, training_args)
+        if flags.tuner.sft_type == "lora":
+            targets = resolve_target_modules(model, resolved.family, flags.tuner.lora_target_modules or ["DEFAULT"],
+                                             flags.tuner.freeze_vit, flags.tuner.freeze_aligner)
+            model = apply_lora(model, resolved.family, targets, flags.tuner.lora_rank, flags.tuner.lora_alpha,
+                               flags.tuner.lora_dropout, flags.tuner.freeze_aligner)
         else:
-            freeze_parts(model, resolved.family, args["freeze_vit"], args["freeze_aligner"])
+            freeze_parts(model, resolved.family, flags.tuner.freeze_vit, flags.tuner.freeze_aligner)
         from swiftlite.training.optim import parameter_groups, part_learning_rates
 
-        part_rates = part_learning_rates(resolved.family, args["vit_lr"], args["aligner_lr"])
-        parameter_groups(model, part_rates, args["learning_rate"], 0.0, ())  # a frozen part's rate fails now
+        part_rates = part_learning_rates(resolved.family, flags.tuner.vit_lr, flags.tuner.aligner_lr)
+        parameter_groups(model, part_rates, flags.optim.learning_rate, 0.0, ())  # a frozen part's rate fails now
     except UserError:
         # A mistake found once the model is known (a LoRA target, a frozen part's learning rate): leave no
         # empty run directory behind.
@@ -291,29 +293,31 @@ def run_sft(args: dict) -> dict:
            + (", trainable weights in fp32" if precision.upcast_trainable else ""))
 
     # ---- what reloading needs ----
-    sft_args = recorded_args(args, resolved, template_type, torch_dtype, run_dir, world_size)
-    if args["sft_type"] == "lora":
+    sft_args = recorded_args(flags, resolved, template_type, torch_dtype, run_dir, world_size)
+    if flags.tuner.sft_type == "lora":
         sft_args["lora_target_module_count"] = len(targets)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        from swiftlite.models.checkpoint_files import write_sft_args
+
         if continue_in_place:
             from swiftlite.training.trainer import trim_logs
 
-            trim_logs(run_dir / "logging.jsonl", int(Path(args["resume_from_checkpoint"]).name.split("-")[1]))
-        (run_dir / "sft_args.json").write_text(json.dumps(sft_args, indent=2, ensure_ascii=False) + "\n")
+            trim_logs(run_dir / "logging.jsonl", int(Path(flags.output.resume_from_checkpoint).name.split("-")[1]))
+        write_sft_args(run_dir, sft_args)
         report(f"output: {run_dir}")
 
     # ---- datasets, trainer ----
     from swiftlite.training.dataset import Collator, EncodedDataset
     from swiftlite.training.trainer import JsonlLogger, SftTrainer, write_jsonl
 
-    encode = dict(template=template, max_length=args["max_length"], truncation_strategy=args["truncation_strategy"],
-                  strict=args["strict"], lazy=args["lazy_tokenize"])
+    encode = dict(template=template, max_length=data.max_length, truncation_strategy=data.truncation_strategy,
+                  strict=data.strict, lazy=data.lazy_tokenize)
     train_set = EncodedDataset(train_rows, **encode)
     val_set = EncodedDataset(val_rows, **encode) if val_rows else None
     if train_set.dropped:
-        report(f"dropped {len(train_set.dropped)} training rows longer than --max_length {args['max_length']}")
+        report(f"dropped {len(train_set.dropped)} training rows longer than --max_length {flags.data.max_length}")
     from swiftlite.training.lr_check import LearningRateWatch
 
     trainer_ref: list = []
@@ -322,16 +326,15 @@ def run_sft(args: dict) -> dict:
     trainer = SftTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
         data_collator=Collator(template), callbacks=[JsonlLogger(logging_file, trainer_ref), learning_rates],
-        sft_args=sft_args, base_model_dir=str(resolved.model_dir), full_checkpoint=args["sft_type"] == "full",
-        part_learning_rates=part_rates,
-        packing=args["packing"],
+        sft_args=sft_args, base_model_dir=str(resolved.model_dir), full_checkpoint=flags.tuner.sft_type == "full",
+        part_learning_rates=part_rates, packing=flags.data.packing, run_dir=run_dir,
     )
     trainer_ref.append(trainer)
 
     # ---- train ----
     started = time.time()
     try:
-        result = trainer.train(resume_from_checkpoint=args["resume_from_checkpoint"])
+        result = trainer.train(resume_from_checkpoint=flags.output.resume_from_checkpoint)
     except Exception as error:
         raise clean_worker_error(error)
     wall = time.time() - started
@@ -359,115 +362,121 @@ def report(message: str) -> None:
 
 
 # ---- flags --------------------------------------------------------------------------------------------
-def check_flags(args: dict) -> None:
-    """Mistakes in flags fail here, in one line, before anything heavy is imported."""
+def check_flags(flags: SftFlags) -> SftFlags:
+    """Mistakes in flags fail here, in one line, before anything heavy is imported. Returns the flags with the
+    values decided here: --max_pixels from MAX_PIXELS, the default --learning_rate, --resume_from_checkpoint false."""
     from swiftlite.training.hyperparameters import check_hyperparameters
 
-    check_hyperparameters(args)  # finite numbers in range: NaN runs fail here, not after training
-    if args["sft_type"] not in SFT_TYPES:
-        raise UserError(f"--sft_type {args['sft_type']}: expected lora or full (also when spelled --train_type "
+    check_hyperparameters(flags.as_dict())  # finite numbers in range: NaN runs fail here, not after training
+    if flags.tuner.sft_type not in SFT_TYPES:
+        raise UserError(f"--sft_type {flags.tuner.sft_type}: expected lora or full (also when spelled --train_type "
                         "or --tuner_type; ms-swift's other tuners are not available)")
-    if not args["dataset"]:
+    if not flags.data.dataset:
         raise UserError("--dataset: name at least one dataset file (.json, .jsonl, .csv) or hub dataset")
-    if not args["model_type"] and not args["model"]:
+    if not flags.model.model_type and not flags.model.model:
         raise UserError("say which model to train: --model_type <type> or --model <hub id or directory>")
-    if args["dtype"].lower() not in DTYPES:
-        raise UserError(f"--dtype {args['dtype']}: expected auto, bf16, fp16 or fp32")
-    if args["truncation_strategy"] not in ("delete", "truncation_left"):
-        raise UserError(f"--truncation_strategy {args['truncation_strategy']}: expected delete or truncation_left")
-    if not 0 <= args["dataset_test_ratio"] < 1:
-        raise UserError(f"--dataset_test_ratio {args['dataset_test_ratio']}: expected a number in [0, 1)")
-    for name in ("batch_size", "eval_steps", "logging_steps", "lora_rank"):
-        if args[name] < 1:
-            raise UserError(f"--{name} {args[name]}: must be at least 1")
-    for name in ("eval_batch_size", "gradient_accumulation_steps", "save_steps"):
-        if args[name] is not None and args[name] < 1:
-            raise UserError(f"--{name} {args[name]}: must be at least 1")
-    if args["max_steps"] == 0 or args["num_train_epochs"] <= 0:
+    if flags.model.dtype.lower() not in DTYPES:
+        raise UserError(f"--dtype {flags.model.dtype}: expected auto, bf16, fp16 or fp32")
+    if flags.data.truncation_strategy not in ("delete", "truncation_left"):
+        raise UserError(f"--truncation_strategy {flags.data.truncation_strategy}: expected delete or truncation_left")
+    if not 0 <= flags.data.dataset_test_ratio < 1:
+        raise UserError(f"--dataset_test_ratio {flags.data.dataset_test_ratio}: expected a number in [0, 1)")
+    for name, value in (("batch_size", flags.optim.batch_size), ("eval_steps", flags.output.eval_steps),
+                        ("logging_steps", flags.output.logging_steps), ("lora_rank", flags.tuner.lora_rank)):
+        if value < 1:
+            raise UserError(f"--{name} {value}: must be at least 1")
+    for name, value in (("eval_batch_size", flags.optim.eval_batch_size),
+                        ("gradient_accumulation_steps", flags.optim.gradient_accumulation_steps),
+                        ("save_steps", flags.output.save_steps)):
+        if value is not None and value < 1:
+            raise UserError(f"--{name} {value}: must be at least 1")
+    if flags.optim.max_steps == 0 or flags.optim.num_train_epochs <= 0:
         raise UserError("--max_steps 0 / --num_train_epochs <= 0: nothing to train")
-    if args["dataloader_num_workers"] < 0:
-        raise UserError(f"--dataloader_num_workers {args['dataloader_num_workers']}: must be 0 or more")
-    if not 0 <= args["warmup_ratio"] < 1:
-        raise UserError(f"--warmup_ratio {args['warmup_ratio']}: expected a number in [0, 1)")
-    if args["max_pixels"] is None and os.environ.get("MAX_PIXELS", "").isdigit():
-        args["max_pixels"] = int(os.environ["MAX_PIXELS"])  # ms-swift reads Qwen2-VL's limit from the environment
-    if args["learning_rate"] is None:
-        args["learning_rate"] = 1e-4 if args["sft_type"] == "lora" else 1e-5
+    if flags.data.dataloader_num_workers < 0:
+        raise UserError(f"--dataloader_num_workers {flags.data.dataloader_num_workers}: must be 0 or more")
+    if not 0 <= flags.optim.warmup_ratio < 1:
+        raise UserError(f"--warmup_ratio {flags.optim.warmup_ratio}: expected a number in [0, 1)")
+    if flags.model.max_pixels is None and os.environ.get("MAX_PIXELS", "").isdigit():
+        flags = flags.replace(max_pixels=int(os.environ["MAX_PIXELS"]))  # ms-swift reads Qwen2-VL's limit there
+    if flags.optim.learning_rate is None:
+        flags = flags.replace(learning_rate=1e-4 if flags.tuner.sft_type == "lora" else 1e-5)
     from swiftlite.training.launch import AUTO_RESUME
 
-    checkpoint = args["resume_from_checkpoint"]
+    checkpoint = flags.output.resume_from_checkpoint
     if checkpoint and checkpoint.lower() in ("false", "none"):
-        args["resume_from_checkpoint"] = checkpoint = None
+        flags, checkpoint = flags.replace(resume_from_checkpoint=None), None
     if checkpoint and checkpoint.lower() not in AUTO_RESUME and not (Path(checkpoint) / "trainer_state.json").is_file():
         raise UserError(f"--resume_from_checkpoint {checkpoint}: not a checkpoint-<step> directory with "
                         "trainer_state.json (was it saved with --save_only_model?)")
     if checkpoint and checkpoint.lower() not in AUTO_RESUME:
         from swiftlite.training.resume_checks import check_resume_checkpoint
 
-        check_resume_checkpoint(Path(checkpoint), args["sft_type"], args["lora_rank"], report)
+        check_resume_checkpoint(Path(checkpoint), flags.tuner.sft_type, flags.tuner.lora_rank, report)
     from swiftlite.training.launch import deepspeed_config
 
-    deepspeed_config(args["deepspeed"])  # a missing package or file is reported now, not after loading
-    if args["sft_type"] == "full" and args["lora_target_modules"]:
+    deepspeed_config(flags.distributed.deepspeed)  # a missing package or file is reported now, not after loading
+    if flags.tuner.sft_type == "full" and flags.tuner.lora_target_modules:
         raise UserError("--lora_target_modules applies to --sft_type lora only")
-    check_cuda_flags(args)
+    check_cuda_flags(flags)
+    return flags
 
 
-def check_cuda_flags(args: dict) -> None:
+def check_cuda_flags(flags: SftFlags) -> None:
     """The flags of attention kernels, QLoRA, per-part learning rates and packing."""
     import importlib.util
 
     from swiftlite.models.loading import check_attn_impl
 
-    check_attn_impl(args["attn_impl"])
-    for name in ("vit_lr", "aligner_lr"):
-        if args[name] is not None and not args[name] > 0:
-            raise UserError(f"--{name} {args[name]}: must be a positive learning rate")
-    bits = args["quant_bits"]
+    check_attn_impl(flags.model.attn_impl)
+    for name, rate in (("vit_lr", flags.tuner.vit_lr), ("aligner_lr", flags.tuner.aligner_lr)):
+        if rate is not None and not rate > 0:
+            raise UserError(f"--{name} {rate}: must be a positive learning rate")
+    bits = flags.model.quant_bits
     if bits is None:
         return
     if bits not in (4, 8):
         raise UserError(f"--quant_bits {bits}: expected 4 or 8")
-    if args["sft_type"] != "lora":
+    if flags.tuner.sft_type != "lora":
         raise UserError(f"--quant_bits {bits}: quantized weights cannot train; use it with --sft_type lora (QLoRA)")
-    if args["deepspeed"] or args["fsdp"] or args["fsdp_config"]:
+    if flags.distributed.deepspeed or flags.distributed.fsdp or flags.distributed.fsdp_config:
         raise UserError(f"--quant_bits {bits}: not supported with --deepspeed or --fsdp here; use plain DDP "
                         "(NPROC_PER_NODE) or drop --quant_bits")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError(f"--quant_bits {bits}: the bitsandbytes package is not installed (pip install bitsandbytes)")
 
 
-def share_cpu_cores(args: dict) -> None:
+def share_cpu_cores(data: DataFlags) -> None:
     """On CPU, leave one core to each dataloader worker: oversubscribed cores make torch's threads spin and
     wait on each other, which slows training by several times (OMP_NUM_THREADS, when set, wins)."""
     import torch
 
     if torch.cuda.is_available() or os.environ.get("OMP_NUM_THREADS"):
         return
-    workers = args["dataloader_num_workers"] if args["lazy_tokenize"] else 0
+    workers = data.dataloader_num_workers if data.lazy_tokenize else 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - workers)))  # only ever lower it
 
 
-def trains_vision(args: dict) -> bool:
+def trains_vision(tuner: TunerFlags) -> bool:
     """Whether some batches may leave trainable weights unused (text-only rows skip the vision tower)."""
-    if args["sft_type"] == "full":
-        return not args["freeze_vit"] or not args["freeze_aligner"]
-    targets = " ".join(args["lora_target_modules"] or []).upper()
-    return "ALL" in targets or not args["freeze_vit"] or not args["freeze_aligner"]
+    if tuner.sft_type == "full":
+        return not tuner.freeze_vit or not tuner.freeze_aligner
+    targets = " ".join(tuner.lora_target_modules or []).upper()
+    return "ALL" in targets or not tuner.freeze_vit or not tuner.freeze_aligner
 
 
-def recorded_args(args: dict, resolved, template_type: str, torch_dtype, run_dir: Path, world_size: int) -> dict:
+def recorded_args(flags: SftFlags, resolved, template_type: str, torch_dtype, run_dir: Path, world_size: int) -> dict:
     """sft_args.json: every flag, plus what reloading needs (absolute paths, resolved names)."""
-    recorded = dict(args)
+    recorded = flags.as_dict()
     recorded.update(
         model_type=resolved.model_type,
         model_id_or_path=str(resolved.model_dir),  # absolute: infer/export/deploy run from anywhere
         template_type=template_type,
         torch_dtype=str(torch_dtype).replace("torch.", ""),
-        dataset=[absolute_spec(spec) for spec in args["dataset"]],
-        val_dataset=[absolute_spec(spec) for spec in args["val_dataset"] or []] or None,
-        lora_target_modules=args["lora_target_modules"] or (["DEFAULT"] if args["sft_type"] == "lora" else None),
+        dataset=[absolute_spec(spec) for spec in flags.data.dataset],
+        val_dataset=[absolute_spec(spec) for spec in flags.data.val_dataset or []] or None,
+        lora_target_modules=flags.tuner.lora_target_modules or (["DEFAULT"] if flags.tuner.sft_type == "lora"
+                                                                else None),
         output_dir=str(run_dir),
         world_size=world_size,
     )
@@ -490,7 +499,7 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def load_training_model(args: dict, resolved, precision, training_args):
+def load_training_model(flags: SftFlags, resolved, precision, training_args):
     """Load the model the way the training run needs it (call after build_training_args).
 
     ZeRO-3 and FSDP place the weights themselves (partitioned while loading / sharded when wrapped); every
@@ -502,9 +511,10 @@ def load_training_model(args: dict, resolved, precision, training_args):
 
     zero3 = is_deepspeed_zero3_enabled()
     placed_by_trainer = zero3 or bool(training_args.fsdp)
-    quantization = quantization_config(args["quant_bits"], precision.torch_dtype) if args["quant_bits"] else None
+    bits = flags.model.quant_bits
+    quantization = quantization_config(bits, precision.torch_dtype) if bits else None
     model = load_model(resolved.model_dir, resolved.family, precision.torch_dtype,
-                       attn_impl=check_attn_impl(args["attn_impl"]), quantization_config=quantization,
+                       attn_impl=check_attn_impl(flags.model.attn_impl), quantization_config=quantization,
                        placed_by_trainer=placed_by_trainer)
     if zero3 and any(hasattr(parameter, "ds_id") for parameter in model.parameters()):  # zero.Init ran
         report(f"ZeRO-3: weights partitioned across {training_args.world_size} process(es) while loading")
@@ -512,9 +522,9 @@ def load_training_model(args: dict, resolved, precision, training_args):
         from peft import prepare_model_for_kbit_training
 
         # Norms and the output layer to fp32, input gradients on (for gradient checkpointing): peft's QLoRA recipe.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args["gradient_checkpointing"],
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=flags.optim.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        report(f"QLoRA: base weights quantized to {args['quant_bits']} bits (bitsandbytes)")
+        report(f"QLoRA: base weights quantized to {flags.model.quant_bits} bits (bitsandbytes)")
     return model
 
 
@@ -528,45 +538,46 @@ def quantization_config(bits: int, compute_dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def build_training_args(args: dict, run_dir: Path, precision, has_eval: bool, world_size: int,
+def build_training_args(flags: SftFlags, run_dir: Path, precision, has_eval: bool, world_size: int,
                         trains_vision: bool):
     import torch
     from transformers import TrainingArguments
 
+    from swiftlite.models.checkpoint_files import STAGING_DIR
     from swiftlite.training.launch import deepspeed_config
 
-    batch_size = args["batch_size"]
-    accumulation = args["gradient_accumulation_steps"] or math.ceil(16 / batch_size / world_size)
+    batch_size = flags.optim.batch_size
+    accumulation = flags.optim.gradient_accumulation_steps or math.ceil(16 / batch_size / world_size)
     on_gpu = torch.cuda.is_available()
-    workers = args["dataloader_num_workers"] if args["lazy_tokenize"] else 0  # cached rows need no workers
-    save_steps = args["save_steps"] or args["eval_steps"]
+    workers = flags.data.dataloader_num_workers if flags.data.lazy_tokenize else 0  # cached rows need no workers
+    save_steps = flags.output.save_steps or flags.output.eval_steps
     try:
         return TrainingArguments(
-            output_dir=str(run_dir),
+            output_dir=str(run_dir / STAGING_DIR),  # checkpoints are written whole there, then published to run_dir
             per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=args["eval_batch_size"] or batch_size,
+            per_device_eval_batch_size=flags.optim.eval_batch_size or batch_size,
             gradient_accumulation_steps=accumulation,
-            learning_rate=args["learning_rate"],
-            weight_decay=args["weight_decay"],
-            warmup_steps=args["warmup_steps"] or args["warmup_ratio"],
-            lr_scheduler_type=args["lr_scheduler_type"],
-            max_grad_norm=args["max_grad_norm"],
-            num_train_epochs=args["num_train_epochs"],
-            max_steps=args["max_steps"],
-            seed=args["seed"],
+            learning_rate=flags.optim.learning_rate,
+            weight_decay=flags.optim.weight_decay,
+            warmup_steps=flags.optim.warmup_steps or flags.optim.warmup_ratio,
+            lr_scheduler_type=flags.optim.lr_scheduler_type,
+            max_grad_norm=flags.optim.max_grad_norm,
+            num_train_epochs=flags.optim.num_train_epochs,
+            max_steps=flags.optim.max_steps,
+            seed=flags.optim.seed,
             bf16=precision.autocast == "bf16",
             fp16=precision.autocast == "fp16",
             use_cpu=not on_gpu,
-            activation_checkpointing=args["gradient_checkpointing"],
-            activation_checkpointing_kwargs={"use_reentrant": False} if args["gradient_checkpointing"] else None,
-            logging_steps=args["logging_steps"],
+            activation_checkpointing=flags.optim.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if flags.optim.gradient_checkpointing else None,
+            logging_steps=flags.output.logging_steps,
             logging_first_step=True,
             save_strategy="steps",
             save_steps=save_steps,
-            save_total_limit=args["save_total_limit"],
-            save_only_model=args["save_only_model"],
+            save_total_limit=flags.output.save_total_limit,
+            save_only_model=flags.output.save_only_model,
             eval_strategy="steps" if has_eval else "no",
-            eval_steps=args["eval_steps"] if has_eval else None,
+            eval_steps=flags.output.eval_steps if has_eval else None,
             metric_for_best_model="loss" if has_eval else None,
             greater_is_better=False if has_eval else None,
             prediction_loss_only=True,
@@ -574,10 +585,10 @@ def build_training_args(args: dict, run_dir: Path, precision, has_eval: bool, wo
             label_names=["labels"],
             dataloader_num_workers=workers,
             dataloader_persistent_workers=workers > 0,
-            report_to=args["report_to"] or "none",
-            deepspeed=deepspeed_config(args["deepspeed"]),
-            fsdp=args["fsdp"] or "",
-            fsdp_config=args["fsdp_config"],
+            report_to=flags.output.report_to or "none",
+            deepspeed=deepspeed_config(flags.distributed.deepspeed),
+            fsdp=flags.distributed.fsdp or "",
+            fsdp_config=flags.distributed.fsdp_config,
             ddp_backend="gloo" if world_size > 1 and not on_gpu else None,
             ddp_find_unused_parameters=trains_vision if world_size > 1 else None,
         )

@@ -121,6 +121,17 @@ def remove(path: Path) -> None:
     path.unlink()
 
 
+def another_runs_optimizer(path: Path) -> None:
+    """A whole optimizer.pt, of an optimizer over other parameters: only loading it into this run's fails."""
+    import torch
+
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([parameter])
+    parameter.grad = torch.ones(3)
+    optimizer.step()
+    torch.save(optimizer.state_dict(), path)
+
+
 RANDOM = bytes((index * 7919 + 13) % 251 for index in range(4096))
 ADAPTER = "adapter_model.safetensors"
 
@@ -146,6 +157,8 @@ DAMAGE = [
 RESUME_DAMAGE = [
     ("optimizer-garbage", "lora", "optimizer.pt", write(RANDOM), "not a file written by torch.save"),
     ("optimizer-truncated", "lora", "optimizer.pt", truncate, "truncated"),
+    ("optimizer-of-another-run", "lora", "optimizer.pt", another_runs_optimizer,
+     "does not load into this run's optimizer"),
     ("scheduler-garbage", "lora", "scheduler.pt", write(RANDOM), "not a file written by torch.save"),
     ("scheduler-truncated", "lora", "scheduler.pt", truncate, "truncated"),
     ("rng-state-garbage", "lora", "rng_state.pth", write(RANDOM), "not a file written by torch.save"),

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swiftlite.errors import UserError
-from swiftlite.models.integrity import read_json_object
+from swiftlite.models.checkpoint_files import SFT_ARGS_FILE, read_sft_args
 from swiftlite.models.loading import ResolvedModel, read_config, resolve_model
 
-SFT_ARGS_FILE = "sft_args.json"
 MS_SWIFT_ARGS_FILE = "args.json"  # what ms-swift 3.x/4.x saves beside its checkpoints
 
 
@@ -55,9 +54,8 @@ def read_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
     path = Path(ckpt_dir).expanduser()
     if not path.is_dir():
         raise UserError(f"--ckpt_dir {ckpt_dir}: no such directory")
-    args_file = path / SFT_ARGS_FILE
-    if args_file.is_file():
-        checkpoint = Checkpoint(path.resolve(), read_json_object(args_file))
+    if (path / SFT_ARGS_FILE).is_file():
+        checkpoint = Checkpoint(path.resolve(), read_sft_args(path))
     elif (path / "adapter_config.json").is_file():  # an adapter trained elsewhere (ms-swift 3.x/4.x, peft)
         checkpoint = Checkpoint(path.resolve(), foreign_adapter_args(path))
     elif (path / "config.json").is_file():

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from swiftlite.errors import UserError
+from swiftlite.models.checkpoint_files import SFT_ARGS_FILE, STAGING_DIR
 
 
 # ---- output directory ---------------------------------------------------------------------------------
@@ -39,12 +40,11 @@ def versioned_output_dir(output_dir: str, model_type: str) -> Path:
 
 
 AUTO_RESUME = ("true", "auto")  # --resume_from_checkpoint values that mean "find the newest checkpoint"
-STAGING_DIR = ".staging"  # where the trainer writes a checkpoint before renaming it into place
 
 
 def is_run_dir(path: Path) -> bool:
     """A directory `mm sft` wrote a run into (its sft_args.json, or checkpoints)."""
-    return (path / "sft_args.json").is_file() or any(path.glob("checkpoint-*"))
+    return (path / SFT_ARGS_FILE).is_file() or any(path.glob("checkpoint-*"))
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

@@ -7,11 +7,11 @@ missing optimizer.pt starts a fresh optimizer without a word, a global_step of -
 
 from __future__ import annotations
 
-import sys
 import zipfile
 from pathlib import Path
 
 from swiftlite.errors import UserError
+from swiftlite.models.checkpoint_files import SFT_ARGS_FILE, read_sft_args
 from swiftlite.models.integrity import check_adapter, check_full_weights, read_json_object
 
 
@@ -23,8 +23,8 @@ def check_resume_checkpoint(checkpoint: Path, sft_type: str, lora_rank: int | No
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise UserError(f"{checkpoint / 'trainer_state.json'}: global_step={step!r}: expected a whole number >= 0; "
                         "the file is damaged")
-    if (checkpoint / "sft_args.json").exists():
-        read_json_object(checkpoint / "sft_args.json")
+    if (checkpoint / SFT_ARGS_FILE).exists():
+        read_sft_args(checkpoint)
     if (checkpoint / "training_args.bin").exists():
         check_torch_archive(checkpoint / "training_args.bin")
     if (checkpoint / "adapter_config.json").is_file():
@@ -84,14 +84,3 @@ def check_rng_file(path: Path) -> None:
     state = check_torch_file(path)
     if not isinstance(state, dict) or not {"python", "numpy", "cpu"} <= set(state):
         raise UserError(f"{path}: not a random-state file of the Trainer (no python/numpy/cpu states)")
-
-
-def check_rng_state(checkpoint: Path, world_size: int, process_index: int) -> None:
-    """The file the Trainer is about to load for this process (its own check, repeated where it loads)."""
-    name = f"rng_state_{process_index}.pth" if world_size > 1 else "rng_state.pth"
-    if (checkpoint / name).is_file():
-        check_rng_file(checkpoint / name)
-
-
-def stderr_report(message: str) -> None:
-    print(f"mm sft: {message}", file=sys.stderr, flush=True)

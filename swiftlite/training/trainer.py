@@ -1,10 +1,13 @@
 """The transformers Trainer, with what `mm sft` adds: self-describing atomic checkpoints, logging.jsonl,
-and measurements of data preparation.
+and measurements of data preparation. Only the Trainer's public extension points are used (its output_dir,
+callbacks, train, get_*_dataloader, get_batch_samples, training_step, compute_loss, create_optimizer), so that a
+new transformers release does not break it behind our back.
 
-- Checkpoints are written into `<output_dir>/.staging/checkpoint-<step>` and renamed into place once complete,
-  so a crash mid-save never leaves a half-written `checkpoint-<step>` that `--resume_from_checkpoint` or
-  `mm infer --ckpt_dir` would pick up. Each gets a copy of sft_args.json (and, for full fine-tuning, the
-  tokenizer and processor files of the base model), so `mm infer|export|deploy --ckpt_dir` need nothing else.
+- Checkpoints: the Trainer's output_dir is `<run>/.staging`, where it writes `checkpoint-<step>` whole; once
+  saved, CheckpointPublisher (on_save) adds sft_args.json (and, for full fine-tuning, the tokenizer and processor
+  files of the base model) and renames it to `<run>/checkpoint-<step>` (swiftlite.models.checkpoint_files). A
+  crash mid-save never leaves a half-written `checkpoint-<step>` that `--resume_from_checkpoint` or
+  `mm infer --ckpt_dir` would pick up, and `mm infer|export|deploy --ckpt_dir` need nothing else.
 - Every log (train and eval) becomes a JSON line in logging.jsonl with progress and timing (ms-swift's keys).
 - Batches carry bookkeeping from the collator (samples, tokens, seconds spent preparing them, dropped rows);
   it is popped before the forward pass and summed, and the time the training loop waits for the next batch
@@ -19,52 +22,40 @@ import shutil
 import time
 from pathlib import Path
 
+from transformers import Trainer, TrainerCallback
+
 from swiftlite.errors import UserError, disk_full
+from swiftlite.models.checkpoint_files import describe_checkpoint, publish
 from swiftlite.training.dataset import STATS_KEY
-from swiftlite.training.launch import STAGING_DIR
 
-
-def _import_trainer_without_datasets():
-    """transformers.trainer imports the `datasets` package (and pandas) whenever it is installed, only to
-    recognise `datasets.Dataset` objects, which `mm sft` never passes it. That costs over a second of start-up
-    on every run, so the Trainer is imported with `datasets` reported absent (unless it is already loaded,
-    e.g. for a hub dataset); the rest of transformers sees the real answer once the import is done."""
-    import sys
-
-    import transformers.utils as utils
-    import transformers.utils.import_utils as import_utils
-
-    original = import_utils.is_datasets_available
-    if "datasets" not in sys.modules and "transformers.trainer" not in sys.modules:
-        utils.is_datasets_available = import_utils.is_datasets_available = lambda: False
-    try:
-        from transformers.trainer import Trainer
-        from transformers.trainer_callback import TrainerCallback
-    finally:
-        utils.is_datasets_available = import_utils.is_datasets_available = original
-    return Trainer, TrainerCallback
-
-
-Trainer, TrainerCallback = _import_trainer_without_datasets()
-
+# What torch and the Trainer raise for a checkpoint that passed resume_checks but does not fit this run.
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, EOFError, TypeError)
 
 
 class SftTrainer(Trainer):
+    """`run_dir`: where checkpoints are published (the Trainer's output_dir is then `<run_dir>/.staging`);
+    None leaves them where the Trainer writes them."""
+
     def __init__(self, *args, sft_args: dict, base_model_dir: str, full_checkpoint: bool,
-                 part_learning_rates: list | None = None, packing: bool = False, **kwargs):
+                 part_learning_rates: list | None = None, packing: bool = False, run_dir: str | Path | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.part_learning_rates = part_learning_rates or []  # [(flag, module prefixes, rate)]: --vit_lr, --aligner_lr
         self.packing = packing
         self.sft_args = sft_args
         self.base_model_dir = Path(base_model_dir)
         self.full_checkpoint = full_checkpoint
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(self.args.output_dir)
         # wait_s: the loop waiting for batches after the first; first_wait_s: the first one (worker start-up).
         self.data_stats = {"samples": 0, "tokens": 0, "prepare_s": 0.0, "wait_s": 0.0, "step_s": 0.0,
                            "first_wait_s": None}
         self.dropped_rows: dict[str, str] = {}
-        self._staging = False
         self._last_batch_end: float | None = None
         self._loaders: list = []  # the torch DataLoaders handed out, whose workers stop when training ends
+        self.publisher = CheckpointPublisher(self)
+        self.add_callback(self.publisher)
+        if run_dir is not None:
+            keep_tensorboard_logs_in(self, self.run_dir)
 
     def get_train_dataloader(self):
         """The Trainer's loader (shuffled from --seed and the epoch), whose workers' seeds come from a generator of
@@ -99,11 +90,35 @@ class SftTrainer(Trainer):
         self._loaders.append(base)
         return dataloader
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, **kwargs):
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except UserError:
+            raise
+        except Exception as error:
+            full = self.publisher.disk_full(error) if self.publisher.saving else None
+            if full is not None:
+                raise full from None
+            if resume_from_checkpoint is not None and not self.publisher.training_began and isinstance(
+                    error, LOAD_ERRORS):  # loading the checkpoint: the Trainer does it before on_train_begin
+                raise self._resume_failed(Path(resume_from_checkpoint), error) from None
+            raise
         finally:
             self.stop_dataloader_workers()
+            self.publisher.remove_empty_staging()
+
+    def _resume_failed(self, checkpoint: Path, error: BaseException) -> Exception:
+        """A damaged checkpoint to resume from is one line naming the file: the weights (before the optimizer
+        exists: the Trainer loads them first) or optimizer.pt (resume_checks has read the other files whole)."""
+        lines = str(error).strip().splitlines()
+        mismatch = next((line.strip() for line in lines if "size mismatch" in line), None)
+        if self.optimizer is not None and not mismatch:
+            return UserError(f"{checkpoint / 'optimizer.pt'}: does not load into this run's optimizer "
+                             f"({_first_line(error)}); damaged, or saved by another run")
+        weights = "adapter_model.safetensors" if not self.full_checkpoint else "model.safetensors"
+        where = checkpoint / weights if mismatch else f"--resume_from_checkpoint {checkpoint}"
+        return UserError(f"{where}: the weights do not load into this run's model "
+                         f"({mismatch[:300] if mismatch else _first_line(error)})")
 
     def stop_dataloader_workers(self) -> None:
         """Tell the (persistent) dataloader workers to exit and wait for them, on every way out of training.
@@ -148,55 +163,9 @@ class SftTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss.detach()).all()):
             raise UserError(f"step {self.state.global_step + 1}: the training loss is {float(loss.detach().float())}: "
-                            f"the run diverged and was stopped; {self._saved_so_far()}. Try a lower "
+                            f"the run diverged and was stopped; {saved_so_far(self.run_dir)}. Try a lower "
                             "--learning_rate or --max_grad_norm")
         return loss
-
-    def _check_weights_finite(self) -> None:
-        import torch
-
-        for name, parameter in self.model.named_parameters():
-            if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
-                raise UserError(f"step {self.state.global_step}: the trained weight {name} holds NaN or inf: the run "
-                                f"diverged and was stopped without saving it; {self._saved_so_far()}. Try a lower "
-                                "--learning_rate or --max_grad_norm")
-
-    def _saved_so_far(self) -> str:
-        from swiftlite.training.launch import complete_checkpoints
-
-        saved = complete_checkpoints(Path(self.args.output_dir)) if Path(self.args.output_dir).is_dir() else []
-        return f"the last checkpoint saved is {saved[-1]}" if saved else "no checkpoint was saved"
-
-    # ---- a damaged checkpoint to resume from is one line naming the file -------------------------------
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        try:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
-            lines = str(error).strip().splitlines()
-            mismatch = next((line.strip() for line in lines if "size mismatch" in line), None)
-            weights = "adapter_model.safetensors" if not self.full_checkpoint else "model.safetensors"
-            where = (Path(resume_from_checkpoint) / weights if mismatch
-                     else f"--resume_from_checkpoint {resume_from_checkpoint}")
-            raise UserError(f"{where}: the weights do not load into this run's model "
-                            f"({mismatch[:300] if mismatch else _first_line(error)})") from None
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        if checkpoint is not None:
-            from swiftlite.training.resume_checks import check_torch_file
-
-            check_torch_file(Path(checkpoint) / "scheduler.pt")  # tiny: read first, so a failure below is the optimizer's
-        try:
-            return super()._load_optimizer_and_scheduler(checkpoint)
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError, TypeError) as error:
-            raise UserError(f"{Path(checkpoint) / 'optimizer.pt'}: does not load into this run's optimizer "
-                            f"({_first_line(error)}); damaged, or saved by another run") from None
-
-    def _load_rng_state(self, checkpoint):
-        if checkpoint is not None:
-            from swiftlite.training.resume_checks import check_rng_state
-
-            check_rng_state(Path(checkpoint), self.args.world_size, self.args.process_index)
-        return super()._load_rng_state(checkpoint)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs.pop(STATS_KEY, None)  # evaluation batches come here with their bookkeeping still attached
@@ -226,55 +195,117 @@ class SftTrainer(Trainer):
         total = self.data_stats["wait_s"] + self.data_stats["step_s"]
         return self.data_stats["wait_s"] / total if total > 0 else 0.0
 
-    # ---- atomic, self-describing checkpoints ------------------------------------------------------
-    def _get_output_dir(self, trial) -> str:
-        run_dir = super()._get_output_dir(trial)
-        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
 
-    def _save_checkpoint(self, model, trial) -> None:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+class CheckpointPublisher(TrainerCallback):
+    """Publishes each checkpoint the Trainer saved into `<run>/.staging`: described, then renamed into the run
+    directory (swiftlite.models.checkpoint_files.publish), then the run's checkpoints rotated. Before a save it
+    checks that the weights are finite and clears the leftover of a killed save of the same step."""
 
-        self._check_weights_finite()
-        run_dir = Path(self._get_output_dir(trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staged, final = run_dir / STAGING_DIR / name, run_dir / name
-        if self.args.should_save and staged.exists():  # left by a run killed mid-save: never mix its files in
-            shutil.rmtree(staged)
-        self.accelerator.wait_for_everyone()
-        self._staging = True
-        try:
-            super()._save_checkpoint(model, trial)  # every rank writes its part (rng state, shards) here
-            if self.args.should_save:
-                if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
-                    self.state.best_model_checkpoint = str(final)
-                    self.state.save_to_json(str(staged / "trainer_state.json"))
-                self._describe_checkpoint(staged)
-        except Exception as error:
-            full = disk_full(error, run_dir, f"{name} was not saved (its partial files are removed)")
-            if full is None:
-                raise
-            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
-            raise full from None
-        finally:
-            self._staging = False
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if final.exists():  # saved twice at one step (e.g. resumed into the same directory)
-                shutil.rmtree(final)
-            os.replace(staged, final)
-            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
-            rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
+    def __init__(self, trainer: SftTrainer):
+        self.trainer = trainer
+        self.saving: str | None = None  # the checkpoint being written, until it is published
+        self.training_began = False  # the Trainer has loaded what it resumes from (weights, optimizer, scheduler)
+
+    @property
+    def staging(self) -> Path:
+        return Path(self.trainer.args.output_dir)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training_began = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._before_save(args, state)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._before_save(args, state)
+
+    def _before_save(self, args, state) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        check_weights_finite(self.trainer.model, state.global_step, self.trainer.run_dir)
+        self.saving = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and (self.staging / self.saving).exists():  # a killed run's: never mix its files in
+            shutil.rmtree(self.staging / self.saving)
+        self.trainer.accelerator.wait_for_everyone()
+
+    def on_save(self, args, state, control, **kwargs):
+        from transformers.trainer_utils import rotate_checkpoints
+
+        if self.trainer.run_dir == self.staging:  # no run_dir given: the Trainer's checkpoints stay where they are
+            self.saving = None
+        if self.saving is None:
+            return
+        staged, final = self.staging / self.saving, self.trainer.run_dir / self.saving
+        self.trainer.accelerator.wait_for_everyone()  # every rank has written its part (rng state, shards)
+        if args.should_save:
+            if state.best_model_checkpoint and Path(state.best_model_checkpoint) == staged:
+                state.best_model_checkpoint = str(final)
+                state.save_to_json(str(staged / "trainer_state.json"))
+            describe_checkpoint(staged, self.trainer.sft_args,
+                                self.trainer.base_model_dir if self.trainer.full_checkpoint else None)
+            publish(staged, final)  # saved twice at one step (resumed into the same directory): replaced
+            shutil.rmtree(self.staging, ignore_errors=True)
+            rotate_checkpoints(str(self.trainer.run_dir), args.save_total_limit, state.best_model_checkpoint,
                                use_mtime=False)
-        self.accelerator.wait_for_everyone()
+        self.saving = None
+        self.trainer.accelerator.wait_for_everyone()
 
-    def _describe_checkpoint(self, checkpoint_dir: Path) -> None:
-        (checkpoint_dir / "sft_args.json").write_text(json.dumps(self.sft_args, indent=2, ensure_ascii=False) + "\n")
-        if self.full_checkpoint:
-            from swiftlite.models.checkpoint_files import processor_files
+    def on_train_end(self, args, state, control, **kwargs):
+        """With --save_total_limit 1 the Trainer keeps only the best checkpoint once training ends; it looks in
+        its output_dir, so the same is done here in the run directory."""
+        from transformers.trainer_utils import sort_checkpoints
 
-            for source in processor_files(self.base_model_dir):
-                if not (checkpoint_dir / source.name).exists():
-                    shutil.copy2(source, checkpoint_dir / source.name)
+        best = state.best_model_checkpoint
+        if not args.should_save or best is None or args.save_total_limit != 1 or not Path(best).is_dir():
+            return
+        for checkpoint in sort_checkpoints(str(self.trainer.run_dir), best_model_checkpoint=best):
+            if not os.path.samefile(checkpoint, best):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+
+    def disk_full(self, error: BaseException) -> UserError | None:
+        """A full disk while saving: the partial checkpoint is removed and the error is one line."""
+        full = disk_full(error, self.trainer.run_dir, f"{self.saving} was not saved (its partial files are removed)")
+        if full is not None and self.trainer.args.should_save:
+            published_here = self.trainer.run_dir == self.staging
+            shutil.rmtree(self.staging / self.saving if published_here else self.staging, ignore_errors=True)
+        return full
+
+    def remove_empty_staging(self) -> None:
+        """The Trainer creates its output_dir up front; an empty one is no leftover (a killed save's is kept, and
+        reported when resuming)."""
+        if self.trainer.run_dir != self.staging and self.trainer.args.should_save and self.staging.is_dir() \
+                and not any(self.staging.iterdir()):
+            self.staging.rmdir()
+
+
+def check_weights_finite(model, step: int, run_dir: Path) -> None:
+    """Never save non-finite weights (the Trainer would)."""
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
+            raise UserError(f"step {step}: the trained weight {name} holds NaN or inf: the run diverged and was "
+                            f"stopped without saving it; {saved_so_far(run_dir)}. Try a lower --learning_rate or "
+                            "--max_grad_norm")
+
+
+def saved_so_far(run_dir: Path) -> str:
+    from swiftlite.training.launch import complete_checkpoints
+
+    saved = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+    return f"the last checkpoint saved is {saved[-1]}" if saved else "no checkpoint was saved"
+
+
+def keep_tensorboard_logs_in(trainer: Trainer, run_dir: Path) -> None:
+    """TensorBoard logs go to `<output_dir>/runs/<date_host>` unless TENSORBOARD_LOGGING_DIR says otherwise; the
+    output_dir being the staging directory, point them at `<run>/runs/<date_host>`, where they always were."""
+    from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(run_dir / default_logdir())
 
 
 class JsonlLogger(TrainerCallback):
