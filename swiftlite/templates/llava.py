@@ -19,8 +19,5 @@ LLAVA_1_5_TEMPLATE = TemplateMeta(
         raw_image_text="<image>\n",
         add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
     ),
-    media=MediaExpansion(
-        processor_call=True,
-        processor_defaults=processor_defaults,
-    ),
+    media=MediaExpansion(processor_call=True, processor_defaults=processor_defaults),
 )

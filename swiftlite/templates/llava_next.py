@@ -39,10 +39,7 @@ LLAVA_MISTRAL_TEMPLATE = TemplateMeta(
         raw_image_text="<image>\n",
         add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
     ),
-    media=MediaExpansion(
-        processor_call=True,
-        processor_defaults=processor_defaults,
-    ),
+    media=MediaExpansion(processor_call=True, processor_defaults=processor_defaults),
     collation=Collation(collate_media=pad_patches),
 )
 

@@ -23,9 +23,6 @@ LLAVA_ONEVISION_TEMPLATE = TemplateMeta(
         raw_image_text="<image>\n",
         add_special_tokens=False,  # Qwen2's tokenizer adds no bos
     ),
-    media=MediaExpansion(
-        processor_call=True,
-        processor_defaults=processor_defaults,
-    ),
+    media=MediaExpansion(processor_call=True, processor_defaults=processor_defaults),
     collation=Collation(collate_media=pad_patches),
 )

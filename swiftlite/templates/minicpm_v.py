@@ -77,17 +77,11 @@ MINICPM_V_TEMPLATE = TemplateMeta(
     name="minicpm_v",
     image_token=PAD,
     end_of_turn="<|im_end|>",
-    rendering=Rendering(
-        raw_image_text=PAD,
-        add_special_tokens=False,
-    ),
+    rendering=Rendering(raw_image_text=PAD, add_special_tokens=False),
     media=MediaExpansion(
         expand_image_text=image_text,
         unused_image_keys=("grids", "num_patches_per_image"),
         extra_inputs=mm_token_type_ids,
     ),
-    collation=Collation(
-        collate_media=collate_media,
-        sequence_keys={"mm_token_type_ids": 0},
-    ),
+    collation=Collation(collate_media=collate_media, sequence_keys={"mm_token_type_ids": 0}),
 )

@@ -80,9 +80,6 @@ PALIGEMMA_TEMPLATE = TemplateMeta(
         raw_prompt=raw_prompt,
         chat_template_override=PREFIX_SUFFIX_TEMPLATE,
     ),
-    media=MediaExpansion(
-        num_image_tokens=num_image_tokens,
-        row_inputs=token_type_ids,
-    ),
+    media=MediaExpansion(num_image_tokens=num_image_tokens, row_inputs=token_type_ids),
     collation=Collation(sequence_keys={"token_type_ids": 0}),
 )

@@ -31,10 +31,7 @@ QWEN2_AUDIO_TEMPLATE = TemplateMeta(
     name="qwen2-audio",
     audio_token="<|AUDIO|>",
     end_of_turn="<|im_end|>",
-    rendering=Rendering(
-        raw_audio_text=AUDIO_TEXT,
-        add_special_tokens=False,
-    ),
+    rendering=Rendering(raw_audio_text=AUDIO_TEXT, add_special_tokens=False),
     media=MediaExpansion(processor_call=True),
 )
 

@@ -23,11 +23,7 @@ QWEN2_5_TEMPLATE = TemplateMeta(
     name="qwen2_5",
     tool_parser="hermes",
     end_of_turn="<|im_end|>",
-    rendering=Rendering(
-        add_special_tokens=False,
-        string_content=True,
-        fallback_chat_template=CHATML,
-    ),
+    rendering=Rendering(add_special_tokens=False, string_content=True, fallback_chat_template=CHATML),
 )
 
 QWEN3_TEMPLATE = TemplateMeta(

@@ -124,10 +124,7 @@ QWEN_VL_TEMPLATE = TemplateMeta(
         add_special_tokens=False,
         fallback_chat_template=CHATML_TEMPLATE,
     ),
-    media=MediaExpansion(
-        inline_media={"image": "<img>{source}</img>"},
-        expand_inline=expand_image_urls,
-    ),
+    media=MediaExpansion(inline_media={"image": "<img>{source}</img>"}, expand_inline=expand_image_urls),
 )
 
 
@@ -135,15 +132,8 @@ QWEN_AUDIO_TEMPLATE = TemplateMeta(
     name="qwen-audio",
     audio_token="<audio>",
     end_of_turn="<|im_end|>",
-    rendering=Rendering(
-        raw_audio_text="<audio>",
-        add_special_tokens=False,
-        fallback_chat_template=CHATML_TEMPLATE,
-    ),
-    media=MediaExpansion(
-        inline_media={"audio": "<audio>{source}</audio>"},
-        expand_inline=expand_audio_paths,
-    ),
+    rendering=Rendering(raw_audio_text="<audio>", add_special_tokens=False, fallback_chat_template=CHATML_TEMPLATE),
+    media=MediaExpansion(inline_media={"audio": "<audio>{source}</audio>"}, expand_inline=expand_audio_paths),
 )
 
 

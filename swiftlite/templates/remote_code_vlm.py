@@ -321,9 +321,6 @@ COGVLM2_TEMPLATE = TemplateMeta(
         add_special_tokens=False,  # the template writes <bos> itself, before the image
         fallback_chat_template=COGVLM2_CHAT_TEMPLATE,
     ),
-    media=MediaExpansion(
-        num_image_tokens=cogvlm2_image_tokens,
-        extra_inputs=cogvlm2_token_types,
-    ),
+    media=MediaExpansion(num_image_tokens=cogvlm2_image_tokens, extra_inputs=cogvlm2_token_types),
     collation=Collation(sequence_keys={"token_type_ids": 0}),
 )
