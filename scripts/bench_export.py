@@ -4,8 +4,11 @@ Builds tiny LLaVA-1.5 checkpoints of growing size (real architecture, random wei
 (r=8 on every linear layer of the language model, saved by peft as `mm sft` saves it) beside each, and runs
 the whole command in a subprocess under /usr/bin/time -v: start-up, imports, merge, writing, fsync. Reports
 the median wall time and the peak RSS over --repeats runs, for the default (direct) merge and through peft.
+With --baseline DIR it also runs the swiftlite of another checkout (DIR on PYTHONPATH), alternating with this
+one run by run, so that a before/after comparison sees the same machine load.
 
     python scripts/bench_export.py --repeats 3
+    python scripts/bench_export.py --repeats 3 --methods auto --baseline /path/to/other/checkout
 """
 
 from __future__ import annotations
@@ -57,9 +60,12 @@ def make_checkpoint(root: Path, sizes: dict) -> tuple[Path, int]:
     return ckpt_dir, parameters
 
 
-def measure(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one run under /usr/bin/time -v."""
-    run = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
+def measure(command: list[str], pythonpath: str | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one run under /usr/bin/time -v (with `pythonpath` first on PYTHONPATH)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, *filter(None, [env.get("PYTHONPATH")])])
+    run = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, env=env)
     if run.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{run.stderr[-2000:]}")
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", run.stderr)
@@ -77,7 +83,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="+", default=["auto", "peft"], choices=["auto", "direct", "peft"])
+    parser.add_argument("--baseline", help="another checkout whose swiftlite is timed too, alternating run by run")
     args = parser.parse_args()
+    codes = [("", None)] + ([(" (baseline)", str(Path(args.baseline).resolve()))] if args.baseline else [])
     mm = shutil.which("mm") or sys.exit("`mm` is not on PATH: pip install -e .")
     env_note = f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}"
 
@@ -95,12 +103,16 @@ def main() -> None:
             for method, shard in variants:
                 command = [mm, "export", "--ckpt_dir", str(ckpt_dir), "--merge_lora", "true", "--overwrite", "true",
                            "--merge_method", method, "--max_shard_size", shard]
-                runs = [measure(command) for _ in range(args.repeats)]
-                wall = statistics.median(run[0] for run in runs)
-                rss = max(run[1] for run in runs)
-                label = "direct" if method == "auto" else method
-                print(f"| {name} | {parameters / 1e6:.2f}M | {base_mb:.1f} | {adapter_mb:.2f} | {label} | {shard} | "
-                      f"{wall:.2f} | {rss:.0f} |", flush=True)
+                runs = {suffix: [] for suffix, _ in codes}
+                for _ in range(args.repeats):
+                    for suffix, pythonpath in codes:
+                        runs[suffix].append(measure(command, pythonpath))
+                for suffix, measured in runs.items():
+                    wall = statistics.median(run[0] for run in measured)
+                    rss = max(run[1] for run in measured)
+                    label = ("direct" if method == "auto" else method) + suffix
+                    print(f"| {name} | {parameters / 1e6:.2f}M | {base_mb:.1f} | {adapter_mb:.2f} | {label} | "
+                          f"{shard} | {wall:.2f} | {rss:.0f} |", flush=True)
             shutil.rmtree(root)
 
 

@@ -124,6 +124,12 @@ def canonical_name(name: str) -> str:
     return name
 
 
+# Why not safetensors.safe_open and its writers (tried in issue 20, figures in docs/benchmarks.md): its numpy
+# framework cannot read bf16, so it needs torch (seconds of import and ~200 MB, 5x the wall time of a small merge);
+# it maps the whole file, so a pass over a model holds the model's pages unless each tensor reopens the file; a
+# SIGTERM or Ctrl-C that lands inside its reads surfaces as a ValueError with a traceback instead of the clean
+# interrupt `mm export` promises (test_killed_export_leaves_no_target failed 3 runs of 17); and save_file takes
+# every tensor of a file at once. The headers are small JSON, checked by models/integrity.py.
 def stored_tensors(base_dir: Path) -> list[StoredTensor] | None:
     """Every tensor of a safetensors checkpoint, read from the file headers (no weights are loaded)."""
     index = base_dir / "model.safetensors.index.json"

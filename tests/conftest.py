@@ -25,6 +25,19 @@ if importlib.util.find_spec("vllm") is None:
     collect_ignore_glob = ["test_vllm*.py"]
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for a test (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models train
+    fastest so on a shared machine, and a run in this process then computes as a subprocess started with
+    OMP_NUM_THREADS=1 does."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     from swiftlite.testing import build_tiny_checkpoint

@@ -93,7 +93,7 @@ def check_generation_prompt(template, processor, case: str, media_keys=("pixel_v
     conversation = BATTERY[case]
     ours = template.encode(conversation)
     official = official_encode(processor, conversation, add_generation_prompt=True,
-                               string_roles=template.meta.string_content_roles)
+                               string_roles=template.meta.rendering.string_content_roles)
     assert ours["input_ids"] == official["input_ids"][0].tolist()
     assert "labels" not in ours
     if conversation.images:
@@ -133,7 +133,7 @@ def check_labels(template, processor, end_of_turn: str | None = None, replies=("
     assert all(ids[i] != image_id for i in labelled)
 
     official = official_encode(processor, conversation, add_generation_prompt=False,
-                               string_roles=template.meta.string_content_roles)["input_ids"][0].tolist()
+                               string_roles=template.meta.rendering.string_content_roles)["input_ids"][0].tolist()
     if template.meta.end_of_turn:
         assert ids == official
     else:

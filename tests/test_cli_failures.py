@@ -17,33 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import solid_colour_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("failure_rows")
-    lines = []
-    for index in range(12):
-        colour = ("red", "green", "blue")[index % 3]
-        Image.new("RGB", (28 + index, 28), {"red": (220, 30, 30), "green": (30, 200, 30),
-                                            "blue": (30, 30, 220)}[colour]).save(folder / f"image{index}.png")
-        lines.append(json.dumps({"messages": [{"role": "user", "content": "<image>what colour is it"},
-                                              {"role": "assistant", "content": colour}],
-                                 "images": [f"image{index}.png"]}) + "\n")
-    (folder / "train.jsonl").write_text("".join(lines))
-    return folder / "train.jsonl"
+    return solid_colour_dataset(tmp_path_factory.mktemp("failure_rows"), 12)
 
 
 def flags(model_dir: Path, dataset: Path, output: Path, *extra) -> list[str]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import solid_colour_dataset
 
 from swiftlite.errors import UserError
 
@@ -64,33 +65,14 @@ def assert_same_adapter(a: Path, b: Path, tolerance: float = 1e-4) -> None:
     assert max(float((first[key] - second[key]).abs().max()) for key in first) <= tolerance
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs in this process use one thread, as the subprocess does (OMP_NUM_THREADS=1): same arithmetic."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Runs in this process use one thread, as the subprocess does (OMP_NUM_THREADS=1): same arithmetic.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def colour_rows(tmp_path_factory) -> Path:
     """12 rows: an image of one colour, and its name as the answer."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("reliability_data")
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-    rows = []
-    for index in range(12):
-        name = list(colours)[index % 3]
-        Image.new("RGB", (28 + index, 28), colours[name]).save(folder / f"image{index}.png")
-        rows.append({"messages": [{"role": "user", "content": "<image>what colour is it"},
-                                  {"role": "assistant", "content": name}], "images": [f"image{index}.png"]})
-    dataset = folder / "train.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return dataset
+    return solid_colour_dataset(tmp_path_factory.mktemp("reliability_data"), 12)
 
 
 @pytest.fixture(scope="module")

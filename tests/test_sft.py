@@ -12,22 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import COLOURS, write_jsonl
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 # Small, quick runs: one optimiser step per batch, batches prepared in the training process.
 QUICK = ["--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0", "--logging_steps", "1",
          "--dataset_test_ratio", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and the machine is shared with other test runs."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mm_sft(capsys, *argv) -> tuple[int, str]:
@@ -63,11 +55,6 @@ def colour_rows(folder: Path, count: int, seed: int) -> list[dict]:
         rows.append({"messages": [{"role": "user", "content": "<image>what colour is it"},
                                   {"role": "assistant", "content": colour}], "images": [name]})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from swiftlite.templates.base import IGNORE_INDEX, Template, TemplateError, Temp
 
 TEMPLATES: dict[str, TemplateMeta] = {}
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name == "base":
+    if _info.name in ("base", "meta"):
         continue
     _module = importlib.import_module(f"{__name__}.{_info.name}")
     for _value in vars(_module).values():

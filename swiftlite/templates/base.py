@@ -10,12 +10,12 @@ processor would give it (the family's rule, in its template file).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from swiftlite.conversation import Conversation, validate_roles
 from swiftlite.media import MediaPolicy, limit_image_pixels, load_audio, load_image
 from swiftlite.prompt_parts import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, check_media_count
+from swiftlite.templates.meta import TemplateMeta
 from swiftlite.video import VIDEO_PLACEHOLDER
 
 IGNORE_INDEX = -100
@@ -23,93 +23,6 @@ IGNORE_INDEX = -100
 
 class TemplateError(ValueError):
     """The conversation cannot be encoded faithfully with this template."""
-
-
-@dataclass(frozen=True)
-class TemplateMeta:
-    name: str
-    # The token the chat template emits once per image (or audio clip) and the processor expands to N copies.
-    image_token: str | None = None
-    audio_token: str | None = None
-    # What a raw completion prompt uses for an `<image>` placeholder (base models, /v1/completions).
-    raw_image_text: str | None = None
-    raw_audio_text: str | None = None
-    # The token that closes an assistant turn in the official render. None: the official template closes
-    # no turn (LLaVA-1.5), so for training we append the tokenizer's eos after each reply, as the original
-    # training code did, or the model never learns to stop.
-    end_of_turn: str | None = None
-    # Tokenizer adds special tokens (bos) when the official processor tokenizes the rendered prompt.
-    add_special_tokens: bool = True
-    # N for the i-th image: fn(template, image_inputs, index) -> int
-    num_image_tokens: Callable[["Template", dict, int], int] | None = None
-    num_audio_tokens: Callable[["Template", dict, int], int] | None = None
-    # Extra model inputs computed from the final ids (Qwen2-VL's mm_token_type_ids for M-RoPE).
-    extra_inputs: Callable[["Template", list[int]], dict] | None = None
-    # Keys of processor outputs that are per-image tensors to concatenate along dim 0 in a batch.
-    media_keys: tuple[str, ...] = ("pixel_values", "image_grid_thw", "image_sizes")
-    # Optional image hooks, for processors whose placeholder expansion is more than N copies of one token.
-    # image_processor_call(template, pil_images) -> outputs: replaces the default image_processor call
-    # (e.g. one nested list per sample, or row/col info the expansion needs).
-    image_processor_call: Callable[["Template", list], dict] | None = None
-    # expand_image_text(template, image_inputs, index) -> the text the official processor substitutes for the
-    # index-th image placeholder in the rendered prompt before tokenizing (then num_image_tokens is unused).
-    expand_image_text: Callable[["Template", dict, int], str] | None = None
-    # Processor outputs used only to count tokens, never given to the model (transformers' unused_input_names).
-    unused_image_keys: tuple[str, ...] = ()
-    # collate_media(key, per-row tensors) -> batched value, or None for the default torch.cat along dim 0
-    # (e.g. pad LLaVA-NeXT's per-image patch dimension to the longest row).
-    collate_media: Callable[[str, list], Any] | None = None
-    # Sequence-aligned keys padded like input_ids (value used for padding).
-    sequence_keys: dict = field(default_factory=dict)
-    supports_system: bool = True
-    supports_multi_turn: bool = True
-    max_images: int | None = None
-    # Used only when the checkpoint ships no chat template (older or base checkpoints).
-    fallback_chat_template: str | None = None
-    is_chat: bool = True
-    # Give the chat template plain-string message contents instead of content-part lists: text-only LLM
-    # templates (Qwen2.5, Qwen3) concatenate message['content'] as a string.
-    string_content: bool = False
-    # A template type's own prompt format, used instead of the checkpoint's chat template (ms-swift's
-    # generation templates for base checkpoints, e.g. Qwen2-Audio-7B: the raw query, then the reply).
-    chat_template_override: str | None = None
-    # Locate a reply the render of turns[:k+1] does not reproduce inside the whole render by the end_of_turn
-    # token that follows the generation prompt (templates that render only the last reply differently: Qwen3).
-    reply_ends_at_end_of_turn: bool = False
-    # row_inputs(template, row) -> extra inputs computed from the whole encoded row (ids, labels, media):
-    # PaliGemma's token_type_ids (1 on the labelled suffix), Mllama's cross_attention_mask (needs tile counts).
-    row_inputs: Callable[["Template", dict], dict] | None = None
-    # collate_rows(template, rows, padding_side, length) -> batched values for keys that are per sample rather
-    # than per image, so text-only rows need a filler in a mixed batch (Mllama's pixel_values, cross_attention_mask).
-    collate_rows: Callable[["Template", list, str, int], dict] | None = None
-    # raw_prompt(template, text) -> the raw completion prompt as the official processor rewrites it before
-    # tokenizing (PaliGemma: `<bos>` after the last image, `\n` at the end).
-    raw_prompt: Callable[["Template", str], str] | None = None
-    # Media the checkpoint's own code reads from the prompt text (Qwen-VL, Qwen-Audio): kind -> format with
-    # {source}, e.g. {"image": "<img>{source}</img>"}. Each placeholder of that kind becomes the formatted path
-    # or URL instead of going through an image processor.
-    inline_media: dict = field(default_factory=dict)
-    # expand_inline(template, input_ids, labels, sources {kind: [source, ...]}) -> (input_ids, labels): after
-    # tokenizing, lay out each inline span as the checkpoint's own tokenizer does (Qwen-VL: <img> + 256 + </img>).
-    expand_inline: Callable[["Template", list, list, dict], tuple[list, list]] | None = None
-    # Roles whose content the chat template prints as a raw string (GLM-4.1V: system and assistant), while the
-    # other roles still get content-part lists (string_content is the same for every role).
-    string_content_roles: tuple[str, ...] = ()
-    # Tokens that also end a reply, beyond eos and end_of_turn: where a template closes no turn, the model ends
-    # its reply by starting the next turn (GLM-4.1V: `<|user|>`, `<|observation|>`).
-    stop_tokens: tuple[str, ...] = ()
-    # Encode through the checkpoint's official processor: its __call__ expands the media placeholders and
-    # returns the pixel values, grids, mm_token_type_ids and the like, so the family file needs no expansion
-    # rule; the labels found on the render are carried over to the processor's tokens (see _carry_labels).
-    processor_call: bool = False
-    # processor_defaults(template) -> processor settings read from config.json where processor_config.json
-    # lacks them (checkpoints saved before processors had settings of their own, e.g. LLaVA's patch_size).
-    processor_defaults: Callable[["Template"], dict] | None = None
-    # processor_kwargs(template) -> keyword arguments for each processor call: the checkpoint's settings that
-    # the processor's own call defaults would override (Gemma 3's pan-and-scan).
-    processor_kwargs: Callable[["Template"], dict] | None = None
-    # How this family writes tool calls (swiftlite.tool_calls.PARSERS): "hermes", "llama3_json", "glm4".
-    tool_parser: str | None = None
 
 
 class Template:
@@ -140,8 +53,8 @@ class Template:
         self._processor = None
         self.processor_config = processor_config or {}
         self.model_config = model_config or {}
-        self.chat_template = (chat_template or meta.chat_template_override or getattr(tokenizer, "chat_template", None)
-                              or meta.fallback_chat_template)
+        self.chat_template = (chat_template or meta.rendering.chat_template_override
+                              or getattr(tokenizer, "chat_template", None) or meta.rendering.fallback_chat_template)
         self.default_system = default_system
         self.max_pixels = max_pixels
         self.media_policy = media_policy or MediaPolicy()
@@ -167,7 +80,7 @@ class Template:
             ids += value if isinstance(value, (list, tuple)) else [value]
         if self.meta.end_of_turn:
             ids.append(self.token_id(self.meta.end_of_turn))
-        ids += [self.token_id(token) for token in self.meta.stop_tokens]
+        ids += [self.token_id(token) for token in self.meta.rendering.stop_tokens]
         return sorted(set(ids))
 
     @property
@@ -175,7 +88,7 @@ class Template:
         words = [self.meta.end_of_turn] if self.meta.end_of_turn else []
         if self.tokenizer.eos_token:
             words.append(self.tokenizer.eos_token)
-        words += self.meta.stop_tokens
+        words += self.meta.rendering.stop_tokens
         return list(dict.fromkeys(words))
 
     # ---- rendering ---------------------------------------------------------------------------------
@@ -183,7 +96,7 @@ class Template:
         """Our placeholder text -> the content-parts list the official chat templates iterate over."""
         # An assistant's tool calls and a tool answer's id go to the chat template as they are.
         extra = {key: message[key] for key in ("tool_calls", "tool_call_id", "name") if key in message}
-        if self.meta.string_content or message["role"] in self.meta.string_content_roles:
+        if self.meta.rendering.string_content or message["role"] in self.meta.rendering.string_content_roles:
             return {"role": message["role"], "content": message["content"], **extra}
         parts: list[dict] = []
         text = message["content"]
@@ -246,7 +159,8 @@ class Template:
                 if start is not None:
                     spans.append((start, len(through)))
                     continue
-            if self.meta.reply_ends_at_end_of_turn and full.startswith(before) and not full.startswith(through):
+            if (self.meta.rendering.reply_ends_at_end_of_turn and full.startswith(before)
+                    and not full.startswith(through)):
                 # Some templates render the final assistant turn differently from earlier ones (Qwen3 gives only
                 # the last reply an empty <think> block): in the whole render the reply starts where the
                 # generation prompt ends and runs through its end-of-turn token.
@@ -292,7 +206,7 @@ class Template:
         if num_videos != len(conversation.videos):
             raise TemplateError(f"{num_videos} {VIDEO_PLACEHOLDER} placeholders but {len(conversation.videos)} "
                                 "videos were given")
-        if conversation.videos and (self.video_processor is None or not self.meta.processor_call):
+        if conversation.videos and (self.video_processor is None or not self.meta.media.processor_call):
             from swiftlite.video import video_error
 
             raise TemplateError(video_error(f"template {self.meta.name!r}"))
@@ -313,54 +227,54 @@ class Template:
         """A raw completion prompt with `<image>`/`<audio>` placeholders (base models, /v1/completions)."""
         images, audios = list(images or []), list(audios or [])
         check_media_count(prompt, images, audios)
-        if images and not self.meta.raw_image_text:
+        if images and not self.meta.rendering.raw_image_text:
             raise TemplateError(f"template {self.meta.name!r} takes no images")
-        if audios and not self.meta.raw_audio_text:
+        if audios and not self.meta.rendering.raw_audio_text:
             raise TemplateError(f"template {self.meta.name!r} takes no audio")
-        text = prompt.replace(IMAGE_PLACEHOLDER, self.meta.raw_image_text or IMAGE_PLACEHOLDER)
-        text = text.replace(AUDIO_PLACEHOLDER, self.meta.raw_audio_text or AUDIO_PLACEHOLDER)
-        if self.meta.raw_prompt:
-            text = self.meta.raw_prompt(self, text)
+        text = prompt.replace(IMAGE_PLACEHOLDER, self.meta.rendering.raw_image_text or IMAGE_PLACEHOLDER)
+        text = text.replace(AUDIO_PLACEHOLDER, self.meta.rendering.raw_audio_text or AUDIO_PLACEHOLDER)
+        if self.meta.rendering.raw_prompt:
+            text = self.meta.rendering.raw_prompt(self, text)
         return self.encode_text(text, images, audios, [])
 
     def encode_text(self, text: str, images: list, audios: list, spans: list[tuple[int, int]],
                     videos: list | None = None) -> dict[str, Any]:
-        if self.meta.processor_call:
+        if self.meta.media.processor_call:
             return self._encode_with_processor(text, images, audios, spans, videos or [])
         inline: dict = {}
-        if self.meta.inline_media and (images or audios):
+        if self.meta.media.inline_media and (images or audios):
             text, spans, inline = self._inline_media(text, spans, {"image": list(images), "audio": list(audios)})
             images = [] if "image" in inline else images
             audios = [] if "audio" in inline else audios
         image_inputs = self.process_images(images) if images else {}
-        if images and self.meta.expand_image_text:
+        if images and self.meta.media.expand_image_text:
             text, spans = self._expand_text(text, spans, image_inputs, len(images))
-        encoded = self.tokenizer(text, add_special_tokens=self.meta.add_special_tokens, return_offsets_mapping=True)
+        encoded = self._tokenize(text)
         input_ids = list(encoded["input_ids"])
         labels = self._labels(text, input_ids, encoded["offset_mapping"], spans)
-        if inline and self.meta.expand_inline:
-            input_ids, labels = self.meta.expand_inline(self, input_ids, labels, inline)
+        if inline and self.meta.media.expand_inline:
+            input_ids, labels = self.meta.media.expand_inline(self, input_ids, labels, inline)
         media_inputs: dict[str, Any] = {}
         if images:
             media_inputs.update(image_inputs)
-            if not self.meta.expand_image_text:
+            if not self.meta.media.expand_image_text:
                 input_ids, labels = self._expand(input_ids, labels, self.meta.image_token, len(images),
-                                                 lambda i: self.meta.num_image_tokens(self, media_inputs, i))
-            for key in self.meta.unused_image_keys:
+                                                 lambda i: self.meta.media.num_image_tokens(self, media_inputs, i))
+            for key in self.meta.media.unused_image_keys:
                 media_inputs.pop(key, None)
         if audios:
             audio_inputs = self.process_audios(audios)
             media_inputs.update(audio_inputs)
             input_ids, labels = self._expand(input_ids, labels, self.meta.audio_token, len(audios),
-                                             lambda i: self.meta.num_audio_tokens(self, audio_inputs, i))
+                                             lambda i: self.meta.media.num_audio_tokens(self, audio_inputs, i))
         row: dict[str, Any] = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
         if spans:
             row["labels"] = labels
         row.update(media_inputs)
-        if self.meta.extra_inputs:
-            row.update(self.meta.extra_inputs(self, input_ids))
-        if self.meta.row_inputs:
-            row.update(self.meta.row_inputs(self, row))
+        if self.meta.media.extra_inputs:
+            row.update(self.meta.media.extra_inputs(self, input_ids))
+        if self.meta.media.row_inputs:
+            row.update(self.meta.media.row_inputs(self, row))
         return row
 
     @property
@@ -371,7 +285,7 @@ class Template:
 
             if self.image_processor is None and self.feature_extractor is None:
                 raise TemplateError(f"template {self.meta.name!r} has no processor loaded for this checkpoint")
-            settings = dict(self.meta.processor_defaults(self)) if self.meta.processor_defaults else {}
+            settings = dict(self.meta.media.processor_defaults(self)) if self.meta.media.processor_defaults else {}
             settings.update(self.processor_config)
             loaded = getattr(self.tokenizer, "swiftlite_processors", None)
             processor_class = self.processor_class or getattr(loaded, "processor_class", None)
@@ -387,7 +301,7 @@ class Template:
             raise TemplateError(f"template {self.meta.name!r} takes no images")
         if audios and (self.feature_extractor is None or not self.meta.audio_token):
             raise TemplateError(f"template {self.meta.name!r} takes no audio")
-        encoded = self.tokenizer(text, add_special_tokens=self.meta.add_special_tokens, return_offsets_mapping=True)
+        encoded = self._tokenize(text)
         rendered_ids = list(encoded["input_ids"])
         labels, insert_eos_after = self._label_tokens(text, rendered_ids, encoded["offset_mapping"], spans)
         media: dict[str, Any] = {}
@@ -404,28 +318,33 @@ class Template:
             media["videos"] = [frames for frames, _ in clips]
             media["video_metadata"] = [metadata for _, metadata in clips]
             media["do_sample_frames"] = False
-        if self.meta.processor_kwargs:
-            media.update(self.meta.processor_kwargs(self))
-        outputs = self.processor(text=[text], return_tensors="pt", add_special_tokens=self.meta.add_special_tokens,
-                                 **media)
+        if self.meta.media.processor_kwargs:
+            media.update(self.meta.media.processor_kwargs(self))
+        outputs = self.processor(text=[text], return_tensors="pt",
+                                 add_special_tokens=self.meta.rendering.add_special_tokens, **media)
         input_ids = outputs["input_ids"][0].tolist()
         labels, moved = self._carry_labels(rendered_ids, labels, input_ids)
-        sequences = {key: outputs[key][0].tolist() for key in self.meta.sequence_keys if key in outputs}
+        sequences = {key: outputs[key][0].tolist() for key in self.meta.collation.sequence_keys if key in outputs}
         eos_id = self.tokenizer.eos_token_id
         for index in sorted((moved[i] for i in insert_eos_after), reverse=True):
             input_ids.insert(index + 1, eos_id)
             labels.insert(index + 1, eos_id)
             for key, values in sequences.items():
-                values.insert(index + 1, self.meta.sequence_keys[key])
+                values.insert(index + 1, self.meta.collation.sequence_keys[key])
         row: dict[str, Any] = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
         if spans:
             row["labels"] = labels
         row.update(sequences)
-        skipped = {"input_ids", "attention_mask", *self.meta.sequence_keys, *self.meta.unused_image_keys}
+        skipped = {"input_ids", "attention_mask", *self.meta.collation.sequence_keys,
+                   *self.meta.media.unused_image_keys}
         row.update({key: value for key, value in outputs.items() if key not in skipped and value is not None})
-        if self.meta.row_inputs:
-            row.update(self.meta.row_inputs(self, row))
+        if self.meta.media.row_inputs:
+            row.update(self.meta.media.row_inputs(self, row))
         return row
+
+    def _tokenize(self, text: str):
+        return self.tokenizer(text, add_special_tokens=self.meta.rendering.add_special_tokens,
+                              return_offsets_mapping=True)
 
     def _carry_labels(self, rendered_ids: list[int], labels: list[int], input_ids: list[int]):
         """Labels on the processor's tokens: the processor only rewrites the media placeholders, so aligning its
@@ -486,10 +405,10 @@ class Template:
         return labels, insert_eos_after
 
     def _inline_media(self, text, spans, media: dict):
-        """Write each inline-media placeholder's source into the rendered text (meta.inline_media formats);
+        """Write each inline-media placeholder's source into the rendered text (meta.media.inline_media formats);
         assistant spans after a placeholder move by the growth of the text before them."""
         placeholders = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}
-        inline = {kind: media[kind] for kind in self.meta.inline_media if media.get(kind)}
+        inline = {kind: media[kind] for kind in self.meta.media.inline_media if media.get(kind)}
         replacements = []  # (position, placeholder length, replacement)
         for kind, sources in inline.items():
             for source in sources:
@@ -501,7 +420,7 @@ class Template:
             if len(positions) != len(sources):
                 raise TemplateError(f"the prompt holds {len(positions)} {token} placeholders but {len(sources)} {kind}s were given")
             for position, source in zip(positions, sources):
-                replacements.append((position, len(token), self.meta.inline_media[kind].format(source=source)))
+                replacements.append((position, len(token), self.meta.media.inline_media[kind].format(source=source)))
         replacements.sort()
         pieces, previous = [], 0
         for position, length, replacement in replacements:
@@ -525,7 +444,7 @@ class Template:
             raise TemplateError(f"the prompt holds {len(positions)} {token} placeholders but {count} images were given")
         pieces, growth, previous = [], [], 0
         for index, position in enumerate(positions):
-            replacement = self.meta.expand_image_text(self, image_inputs, index)
+            replacement = self.meta.media.expand_image_text(self, image_inputs, index)
             pieces += [text[previous:position], replacement]
             growth.append((position, len(replacement) - len(token)))
             previous = position + len(token)
@@ -557,10 +476,10 @@ class Template:
 
     def process_images(self, images: list) -> dict:
         # image_processor_call may do the official preprocessing itself (InternVL2's model-card tiling).
-        if (self.image_processor is None and not self.meta.image_processor_call) or not self.meta.image_token:
+        if (self.image_processor is None and not self.meta.media.image_processor_call) or not self.meta.image_token:
             raise TemplateError(f"template {self.meta.name!r} takes no images")
-        if self.meta.image_processor_call:
-            outputs = self.meta.image_processor_call(self, self.load_images(images))
+        if self.meta.media.image_processor_call:
+            outputs = self.meta.media.image_processor_call(self, self.load_images(images))
         else:
             outputs = self.image_processor(images=self.load_images(images), return_tensors="pt")
         return {key: value for key, value in outputs.items() if value is not None}
@@ -583,7 +502,7 @@ class Template:
         if pad_to_multiple_of:
             longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
         sequence_pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-        sequence_pads.update(self.meta.sequence_keys)
+        sequence_pads.update(self.meta.collation.sequence_keys)
         batch: dict[str, Any] = {}
         for key, pad_value in sequence_pads.items():
             if key not in rows[0]:
@@ -594,12 +513,12 @@ class Template:
                 padding = [pad_value] * (longest - len(values))
                 padded.append(padding + values if padding_side == "left" else values + padding)
             batch[key] = torch.tensor(padded, dtype=torch.long)
-        if self.meta.collate_rows:
-            batch.update(self.meta.collate_rows(self, rows, padding_side, longest))
+        if self.meta.collation.collate_rows:
+            batch.update(self.meta.collation.collate_rows(self, rows, padding_side, longest))
         for key in rows[0].keys() | set().union(*(row.keys() for row in rows)):
             if key in batch or key in sequence_pads:
                 continue
             tensors = [row[key] for row in rows if key in row]
-            batched = self.meta.collate_media(key, tensors) if self.meta.collate_media else None
+            batched = self.meta.collation.collate_media(key, tensors) if self.meta.collation.collate_media else None
             batch[key] = torch.cat(tensors, dim=0) if batched is None else batched
         return batch

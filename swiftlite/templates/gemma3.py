@@ -3,7 +3,7 @@ render becomes the processor's full image sequence, and image soft tokens get to
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 
 def processor_defaults(template) -> dict:
@@ -22,12 +22,16 @@ def pan_and_scan_settings(template) -> dict:
 GEMMA3_TEMPLATE = TemplateMeta(
     name="gemma3-vision",
     image_token="<start_of_image>",
-    raw_image_text="<start_of_image>",
     end_of_turn="<end_of_turn>",
-    add_special_tokens=False,  # the chat template writes <bos> itself
-    processor_call=True,  # Gemma3Processor: the full image sequence, pan-and-scan crops, token_type_ids
-    processor_defaults=processor_defaults,
-    processor_kwargs=pan_and_scan_settings,
-    unused_image_keys=("num_crops",),
-    sequence_keys={"token_type_ids": 0},
+    rendering=Rendering(
+        raw_image_text="<start_of_image>",
+        add_special_tokens=False,  # the chat template writes <bos> itself
+    ),
+    media=MediaExpansion(
+        processor_call=True,  # Gemma3Processor: the full image sequence, pan-and-scan crops, token_type_ids
+        processor_defaults=processor_defaults,
+        processor_kwargs=pan_and_scan_settings,
+        unused_image_keys=("num_crops",),
+    ),
+    collation=Collation(sequence_keys={"token_type_ids": 0}),
 )

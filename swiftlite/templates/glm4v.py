@@ -15,19 +15,23 @@ ids: 151329, 151336, 151338). The Thinking checkpoint answers as `<think>...</th
 text is the reply and is returned as generated.
 """
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 
 GLM4V_TEMPLATE = TemplateMeta(
-    tool_parser="glm4",
     name="glm4_1v",
+    tool_parser="glm4",
     image_token="<|image|>",
-    raw_image_text="<|begin_of_image|><|image|><|end_of_image|>",
     end_of_turn=None,
-    # The render starts with `[gMASK]<sop>` already; the tokenizer must not add them again.
-    add_special_tokens=False,
-    processor_call=True,  # Glm4vProcessor expands `<|image|>` and returns grids and mm_token_type_ids
-    sequence_keys={"mm_token_type_ids": 0},
-    string_content_roles=("system", "assistant"),
-    stop_tokens=("<|user|>", "<|observation|>"),
+    rendering=Rendering(
+        raw_image_text="<|begin_of_image|><|image|><|end_of_image|>",
+        # The render starts with `[gMASK]<sop>` already; the tokenizer must not add them again.
+        add_special_tokens=False,
+        string_content_roles=("system", "assistant"),
+        stop_tokens=("<|user|>", "<|observation|>"),
+    ),
+    media=MediaExpansion(
+        processor_call=True,  # Glm4vProcessor expands `<|image|>` and returns grids and mm_token_type_ids
+    ),
+    collation=Collation(sequence_keys={"mm_token_type_ids": 0}),
 )

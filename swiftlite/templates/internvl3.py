@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import MediaExpansion, Rendering, TemplateMeta
 
 
 def processor_defaults(template) -> dict:
@@ -13,10 +13,14 @@ def processor_defaults(template) -> dict:
 INTERNVL3_TEMPLATE = TemplateMeta(
     name="internvl3-hf",
     image_token="<IMG_CONTEXT>",
-    raw_image_text="<IMG_CONTEXT>\n",
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,  # Qwen2's tokenizer adds no bos
-    processor_call=True,
-    processor_defaults=processor_defaults,
-    unused_image_keys=("num_patches",),  # only counts tokens; pixel_values already holds every tile in order
+    rendering=Rendering(
+        raw_image_text="<IMG_CONTEXT>\n",
+        add_special_tokens=False,  # Qwen2's tokenizer adds no bos
+    ),
+    media=MediaExpansion(
+        processor_call=True,
+        processor_defaults=processor_defaults,
+        unused_image_keys=("num_patches",),  # only counts tokens; pixel_values already holds every tile in order
+    ),
 )

@@ -1,7 +1,7 @@
 """LLaVA-1.5 (llava-hf): `USER: <image>\n... ASSISTANT:`, encoded through LlavaProcessor (a fixed number of
 `<image>` tokens per image: the patches of the processed image, plus CLS unless the 'default' strategy drops it)."""
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import MediaExpansion, Rendering, TemplateMeta
 
 
 def processor_defaults(template) -> dict:
@@ -14,9 +14,10 @@ def processor_defaults(template) -> dict:
 LLAVA_1_5_TEMPLATE = TemplateMeta(
     name="llava1_5",
     image_token="<image>",
-    raw_image_text="<image>\n",
     end_of_turn=None,  # the official template closes no turn: training appends </s> after each reply
-    add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
-    processor_call=True,
-    processor_defaults=processor_defaults,
+    rendering=Rendering(
+        raw_image_text="<image>\n",
+        add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
+    ),
+    media=MediaExpansion(processor_call=True, processor_defaults=processor_defaults),
 )

@@ -7,7 +7,9 @@ LLaVA-1.5 `USER: ... ASSISTANT:` format, which closes no turn (training appends 
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from dataclasses import replace
+
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 
 def processor_defaults(template) -> dict:
@@ -32,21 +34,14 @@ def pad_patches(key: str, tensors: list):
 LLAVA_MISTRAL_TEMPLATE = TemplateMeta(
     name="llava-mistral",
     image_token="<image>",
-    raw_image_text="<image>\n",
     end_of_turn="</s>",
-    add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
-    processor_call=True,
-    processor_defaults=processor_defaults,
-    collate_media=pad_patches,
+    rendering=Rendering(
+        raw_image_text="<image>\n",
+        add_special_tokens=True,  # the official processor tokenizes the render with the tokenizer's <s>
+    ),
+    media=MediaExpansion(processor_call=True, processor_defaults=processor_defaults),
+    collation=Collation(collate_media=pad_patches),
 )
 
-LLAVA_VICUNA_TEMPLATE = TemplateMeta(
-    name="llava-vicuna",
-    image_token="<image>",
-    raw_image_text="<image>\n",
-    end_of_turn=None,  # `USER: ... ASSISTANT: reply ` closes no turn: training appends </s> after each reply
-    add_special_tokens=True,
-    processor_call=True,
-    processor_defaults=processor_defaults,
-    collate_media=pad_patches,
-)
+# `USER: ... ASSISTANT: reply ` closes no turn: training appends </s> after each reply.
+LLAVA_VICUNA_TEMPLATE = replace(LLAVA_MISTRAL_TEMPLATE, name="llava-vicuna", end_of_turn=None)

@@ -3,7 +3,7 @@ LlavaOnevisionProcessor (the anyres_max_9 expansion; several images of one sampl
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 from swiftlite.templates.llava_next import pad_patches
 
 
@@ -18,10 +18,11 @@ def processor_defaults(template) -> dict:
 LLAVA_ONEVISION_TEMPLATE = TemplateMeta(
     name="llava-onevision-qwen",
     image_token="<image>",
-    raw_image_text="<image>\n",
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,  # Qwen2's tokenizer adds no bos
-    processor_call=True,
-    processor_defaults=processor_defaults,
-    collate_media=pad_patches,
+    rendering=Rendering(
+        raw_image_text="<image>\n",
+        add_special_tokens=False,  # Qwen2's tokenizer adds no bos
+    ),
+    media=MediaExpansion(processor_call=True, processor_defaults=processor_defaults),
+    collation=Collation(collate_media=pad_patches),
 )

@@ -21,7 +21,7 @@ The hub chat template is not in our fixtures; the tiny checkpoint's (testing/fix
 chat_template_4_6.jinja) is reconstructed. A real checkpoint's own template is always the one used.
 """
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 PAD = "<|image_pad|>"
 
@@ -76,13 +76,12 @@ def collate_media(key: str, tensors: list):
 MINICPM_V_TEMPLATE = TemplateMeta(
     name="minicpm_v",
     image_token=PAD,
-    raw_image_text=PAD,
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,
-    expand_image_text=image_text,
-    unused_image_keys=("grids", "num_patches_per_image"),
-    collate_media=collate_media,
-    extra_inputs=mm_token_type_ids,
-    sequence_keys={"mm_token_type_ids": 0},
-    media_keys=("pixel_values", "target_sizes"),
+    rendering=Rendering(raw_image_text=PAD, add_special_tokens=False),
+    media=MediaExpansion(
+        expand_image_text=image_text,
+        unused_image_keys=("grids", "num_patches_per_image"),
+        extra_inputs=mm_token_type_ids,
+    ),
+    collation=Collation(collate_media=collate_media, sequence_keys={"mm_token_type_ids": 0}),
 )

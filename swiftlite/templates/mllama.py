@@ -10,7 +10,9 @@ mask over positions) and gives text-only rows empty fillers, as the processor pa
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from dataclasses import replace
+
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 IMAGE_TOKEN = "<|image|>"
 
@@ -74,16 +76,20 @@ def collate_rows(template, rows: list[dict], padding_side: str, length: int) -> 
 
 
 MLLAMA_TEMPLATE = TemplateMeta(
-    tool_parser="llama3_json",
     name="llama3_2-vision",
+    tool_parser="llama3_json",
     image_token=IMAGE_TOKEN,
-    raw_image_text=IMAGE_TOKEN,
     end_of_turn="<|eot_id|>",
-    add_special_tokens=False,  # the chat template writes <|begin_of_text|> itself
-    num_image_tokens=lambda template, image_inputs, index: 1,  # no expansion: cross-attention
-    unused_image_keys=("num_tiles",),
-    row_inputs=cross_attention_mask,
-    collate_rows=collate_rows,
+    rendering=Rendering(
+        raw_image_text=IMAGE_TOKEN,
+        add_special_tokens=False,  # the chat template writes <|begin_of_text|> itself
+    ),
+    media=MediaExpansion(
+        num_image_tokens=lambda template, image_inputs, index: 1,  # no expansion: cross-attention
+        unused_image_keys=("num_tiles",),
+        row_inputs=cross_attention_mask,
+    ),
+    collation=Collation(collate_rows=collate_rows),
 )
 
 # The base checkpoint (Llama-3.2-11B-Vision) completes raw text: `<|image|>` + `<|begin_of_text|>` + prompt
@@ -112,19 +118,10 @@ def raw_prompt(template, text: str) -> str:
     return text[:lead] + bos + text[lead:]
 
 
-MLLAMA_GENERATION_TEMPLATE = TemplateMeta(
-    name="llama3_2-vision-generation",
-    image_token=IMAGE_TOKEN,
-    raw_image_text=IMAGE_TOKEN,
-    end_of_turn=None,  # training appends the tokenizer's eos after the reply
-    add_special_tokens=False,
-    num_image_tokens=lambda template, image_inputs, index: 1,
-    unused_image_keys=("num_tiles",),
-    row_inputs=cross_attention_mask,
-    collate_rows=collate_rows,
-    raw_prompt=raw_prompt,
-    supports_system=False,
-    supports_multi_turn=False,
-    chat_template_override=GENERATION_CHAT_TEMPLATE,
-    is_chat=False,
+# The same image inputs as the chat template; training appends the tokenizer's eos after the reply.
+MLLAMA_GENERATION_TEMPLATE = replace(
+    MLLAMA_TEMPLATE, name="llama3_2-vision-generation", tool_parser=None, end_of_turn=None, supports_system=False,
+    supports_multi_turn=False, is_chat=False,
+    rendering=replace(MLLAMA_TEMPLATE.rendering, raw_prompt=raw_prompt,
+                      chat_template_override=GENERATION_CHAT_TEMPLATE),
 )

@@ -9,7 +9,8 @@ completion prompts get the processor's rewrite too.
 
 from __future__ import annotations
 
-from swiftlite.templates.base import IGNORE_INDEX, TemplateMeta
+from swiftlite.templates.base import IGNORE_INDEX
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 IMAGE_TOKEN = "<image>"
 
@@ -69,15 +70,16 @@ def token_type_ids(template, row: dict) -> dict:
 PALIGEMMA_TEMPLATE = TemplateMeta(
     name="paligemma",
     image_token=IMAGE_TOKEN,
-    raw_image_text=IMAGE_TOKEN,
     end_of_turn=None,  # the suffix is closed by the eos that training appends, as the processor does
-    add_special_tokens=False,  # the processor turns the tokenizer's bos off and writes it itself
-    num_image_tokens=num_image_tokens,
-    raw_prompt=raw_prompt,
-    row_inputs=token_type_ids,
-    sequence_keys={"token_type_ids": 0},
     supports_system=False,
     supports_multi_turn=False,
-    chat_template_override=PREFIX_SUFFIX_TEMPLATE,
     is_chat=False,
+    rendering=Rendering(
+        raw_image_text=IMAGE_TOKEN,
+        add_special_tokens=False,  # the processor turns the tokenizer's bos off and writes it itself
+        raw_prompt=raw_prompt,
+        chat_template_override=PREFIX_SUFFIX_TEMPLATE,
+    ),
+    media=MediaExpansion(num_image_tokens=num_image_tokens, row_inputs=token_type_ids),
+    collation=Collation(sequence_keys={"token_type_ids": 0}),
 )

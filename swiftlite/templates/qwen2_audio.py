@@ -10,7 +10,9 @@ query (its README), so its template (ms-swift's qwen2-audio-generation) renders 
 reply and the eos token, whatever chat template the checkpoint ships.
 """
 
-from swiftlite.templates.base import TemplateMeta
+from dataclasses import replace
+
+from swiftlite.templates.meta import MediaExpansion, Rendering, TemplateMeta
 
 AUDIO_TEXT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
@@ -28,22 +30,13 @@ GENERATION_CHAT_TEMPLATE = (
 QWEN2_AUDIO_TEMPLATE = TemplateMeta(
     name="qwen2-audio",
     audio_token="<|AUDIO|>",
-    raw_audio_text=AUDIO_TEXT,
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,
-    processor_call=True,
-    media_keys=("input_features", "feature_attention_mask"),
+    rendering=Rendering(raw_audio_text=AUDIO_TEXT, add_special_tokens=False),
+    media=MediaExpansion(processor_call=True),
 )
 
-QWEN2_AUDIO_GENERATION_TEMPLATE = TemplateMeta(
-    name="qwen2-audio-generation",
-    audio_token="<|AUDIO|>",
-    raw_audio_text=AUDIO_TEXT,
-    end_of_turn=None,  # the raw format closes no turn: training appends the tokenizer's eos after the reply
-    add_special_tokens=False,
-    processor_call=True,
-    media_keys=("input_features", "feature_attention_mask"),
-    supports_system=False,
-    chat_template_override=GENERATION_CHAT_TEMPLATE,
-    is_chat=False,
+# The raw format closes no turn: training appends the tokenizer's eos after the reply.
+QWEN2_AUDIO_GENERATION_TEMPLATE = replace(
+    QWEN2_AUDIO_TEMPLATE, name="qwen2-audio-generation", end_of_turn=None, supports_system=False, is_chat=False,
+    rendering=replace(QWEN2_AUDIO_TEMPLATE.rendering, chat_template_override=GENERATION_CHAT_TEMPLATE),
 )

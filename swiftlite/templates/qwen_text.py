@@ -7,7 +7,7 @@ Qwen2.5 text, whose default system names Qwen, is not in our offline sources), f
 system (as Qwen3's templates).
 """
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Rendering, TemplateMeta
 
 CHATML_TURNS = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -20,22 +20,22 @@ CHATML = (
 CHATML_NO_DEFAULT_SYSTEM = "{% for message in messages %}" + CHATML_TURNS
 
 QWEN2_5_TEMPLATE = TemplateMeta(
-    tool_parser="hermes",
     name="qwen2_5",
+    tool_parser="hermes",
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,
-    string_content=True,
-    fallback_chat_template=CHATML,
+    rendering=Rendering(add_special_tokens=False, string_content=True, fallback_chat_template=CHATML),
 )
 
 QWEN3_TEMPLATE = TemplateMeta(
-    tool_parser="hermes",
     name="qwen3",
+    tool_parser="hermes",
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,
-    string_content=True,
-    fallback_chat_template=CHATML_NO_DEFAULT_SYSTEM,
-    # The hub's hybrid-thinking template gives only the last reply an empty <think> block: multi-turn samples
-    # are labelled from the whole render (earlier replies without it, as the model sees its history).
-    reply_ends_at_end_of_turn=True,
+    rendering=Rendering(
+        add_special_tokens=False,
+        string_content=True,
+        fallback_chat_template=CHATML_NO_DEFAULT_SYSTEM,
+        # The hub's hybrid-thinking template gives only the last reply an empty <think> block: multi-turn samples
+        # are labelled from the whole render (earlier replies without it, as the model sees its history).
+        reply_ends_at_end_of_turn=True,
+    ),
 )

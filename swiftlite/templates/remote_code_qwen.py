@@ -18,8 +18,11 @@ The checkpoint's own QWenTokenizer turns each span into a fixed layout, which `e
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from swiftlite.media import load_audio
-from swiftlite.templates.base import IGNORE_INDEX, TemplateError, TemplateMeta
+from swiftlite.templates.base import IGNORE_INDEX, TemplateError
+from swiftlite.templates.meta import MediaExpansion, Rendering, TemplateMeta
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IMG_TOKEN_SPAN = 256  # Qwen-VL tokenization_qwen.py
@@ -115,47 +118,31 @@ def expand_audio_paths(template, input_ids: list[int], labels: list[int], source
 QWEN_VL_TEMPLATE = TemplateMeta(
     name="qwen-vl",
     image_token="<img>",
-    raw_image_text="<image>",  # written back as <img>source</img> by inline_media
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,
-    inline_media={"image": "<img>{source}</img>"},
-    expand_inline=expand_image_urls,
-    fallback_chat_template=CHATML_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text="<image>",  # written back as <img>source</img> by inline_media
+        add_special_tokens=False,
+        fallback_chat_template=CHATML_TEMPLATE,
+    ),
+    media=MediaExpansion(inline_media={"image": "<img>{source}</img>"}, expand_inline=expand_image_urls),
 )
 
-QWEN_VL_GENERATION_TEMPLATE = TemplateMeta(
-    name="qwen-vl-generation",
-    image_token="<img>",
-    raw_image_text="<image>",
-    end_of_turn=None,  # a raw text closes no turn: training appends <|endoftext|> after the reply
-    add_special_tokens=False,
-    inline_media={"image": "<img>{source}</img>"},
-    expand_inline=expand_image_urls,
-    chat_template_override=GENERATION_TEMPLATE,
-    supports_system=False,
-    is_chat=False,
-)
 
 QWEN_AUDIO_TEMPLATE = TemplateMeta(
     name="qwen-audio",
     audio_token="<audio>",
-    raw_audio_text="<audio>",
     end_of_turn="<|im_end|>",
-    add_special_tokens=False,
-    inline_media={"audio": "<audio>{source}</audio>"},
-    expand_inline=expand_audio_paths,
-    fallback_chat_template=CHATML_TEMPLATE,
+    rendering=Rendering(raw_audio_text="<audio>", add_special_tokens=False, fallback_chat_template=CHATML_TEMPLATE),
+    media=MediaExpansion(inline_media={"audio": "<audio>{source}</audio>"}, expand_inline=expand_audio_paths),
 )
 
-QWEN_AUDIO_GENERATION_TEMPLATE = TemplateMeta(
-    name="qwen-audio-generation",
-    audio_token="<audio>",
-    raw_audio_text="<audio>",
-    end_of_turn=None,
-    add_special_tokens=False,
-    inline_media={"audio": "<audio>{source}</audio>"},
-    expand_inline=expand_audio_paths,
-    chat_template_override=GENERATION_TEMPLATE,
-    supports_system=False,
-    is_chat=False,
-)
+
+def generation_template(chat: TemplateMeta, name: str) -> TemplateMeta:
+    """The base checkpoint's template of a chat template type: the raw query, then the reply (no system); a raw
+    text closes no turn, so training appends <|endoftext|> after the reply."""
+    rendering = replace(chat.rendering, fallback_chat_template=None, chat_template_override=GENERATION_TEMPLATE)
+    return replace(chat, name=name, end_of_turn=None, supports_system=False, is_chat=False, rendering=rendering)
+
+
+QWEN_VL_GENERATION_TEMPLATE = generation_template(QWEN_VL_TEMPLATE, "qwen-vl-generation")
+QWEN_AUDIO_GENERATION_TEMPLATE = generation_template(QWEN_AUDIO_TEMPLATE, "qwen-audio-generation")

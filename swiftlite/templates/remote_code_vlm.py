@@ -17,7 +17,7 @@ shipped one cannot train, the override):
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 
 def _content(image_text: str) -> str:
@@ -62,12 +62,14 @@ YI_VL_TEMPLATE = TemplateMeta(
     # LLaVA's tokenizer_image_token puts the IMAGE_TOKEN_INDEX sentinel (-200) where this text is; the model
     # code replaces it by the image features, so the prompt carries one position per image.
     image_token="<image_placeholder>",
-    raw_image_text="<image_placeholder>\n",
     end_of_turn=None,  # turns are separated by "\n###": training appends </s> after each reply
-    add_special_tokens=True,
-    num_image_tokens=_fixed(1),
     max_images=1,  # the dialogue revolves around one image (ms-swift seeds)
-    fallback_chat_template=YI_VL_CHAT_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text="<image_placeholder>\n",
+        add_special_tokens=True,
+        fallback_chat_template=YI_VL_CHAT_TEMPLATE,
+    ),
+    media=MediaExpansion(num_image_tokens=_fixed(1)),
 )
 
 # ---- DeepSeek-VL ------------------------------------------------------------------------------------------
@@ -91,12 +93,15 @@ DEEPSEEK_VL_CHAT_TEMPLATE = _content("<image_placeholder>") + (
 DEEPSEEK_VL_TEMPLATE = TemplateMeta(
     name="deepseek-vl",
     image_token="<image_placeholder>",
-    raw_image_text="<image_placeholder>",
     end_of_turn=DEEPSEEK_EOS,
-    add_special_tokens=True,  # VLChatProcessor tokenizes with the tokenizer's BOS
-    num_image_tokens=_fixed(576),  # processing_vlm.py num_image_tokens
-    media_keys=("pixel_values",),
-    fallback_chat_template=DEEPSEEK_VL_CHAT_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text="<image_placeholder>",
+        add_special_tokens=True,  # VLChatProcessor tokenizes with the tokenizer's BOS
+        fallback_chat_template=DEEPSEEK_VL_CHAT_TEMPLATE,
+    ),
+    media=MediaExpansion(
+        num_image_tokens=_fixed(576),  # processing_vlm.py num_image_tokens
+    ),
 )
 
 # ---- InternVL2 --------------------------------------------------------------------------------------------
@@ -168,14 +173,17 @@ def internvl_image_text(template, image_inputs: dict, index: int) -> str:
 INTERNVL2_TEMPLATE = TemplateMeta(
     name="internvl2",
     image_token="<image>",
-    raw_image_text="<image>\n",
     end_of_turn="<|im_end|>",
-    add_special_tokens=True,  # model.chat tokenizes the query with the tokenizer's <s>
-    image_processor_call=internvl_tiles,
-    expand_image_text=internvl_image_text,
-    unused_image_keys=("num_patches",),
-    media_keys=("pixel_values", "image_flags"),
-    fallback_chat_template=INTERNVL2_CHAT_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text="<image>\n",
+        add_special_tokens=True,  # model.chat tokenizes the query with the tokenizer's <s>
+        fallback_chat_template=INTERNVL2_CHAT_TEMPLATE,
+    ),
+    media=MediaExpansion(
+        image_processor_call=internvl_tiles,
+        expand_image_text=internvl_image_text,
+        unused_image_keys=("num_patches",),
+    ),
 )
 
 # ---- MiniCPM-Llama3-V 2.5 ---------------------------------------------------------------------------------
@@ -237,14 +245,18 @@ def minicpm_image_text(template, image_inputs: dict, index: int) -> str:
 MINICPM_V_2_5_TEMPLATE = TemplateMeta(
     name="minicpm-v-v2_5",
     image_token="<image>",
-    raw_image_text="<image>\n",
     end_of_turn="<|eot_id|>",
-    add_special_tokens=False,  # the template writes <|begin_of_text|>
-    image_processor_call=minicpm_images,
-    expand_image_text=minicpm_image_text,
-    unused_image_keys=("original_sizes",),
     max_images=1,  # the whole dialogue revolves around one image (ms-swift seeds)
-    chat_template_override=MINICPM_V_2_5_CHAT_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text="<image>\n",
+        add_special_tokens=False,  # the template writes <|begin_of_text|>
+        chat_template_override=MINICPM_V_2_5_CHAT_TEMPLATE,
+    ),
+    media=MediaExpansion(
+        image_processor_call=minicpm_images,
+        expand_image_text=minicpm_image_text,
+        unused_image_keys=("original_sizes",),
+    ),
 )
 
 # ---- GLM-4V-9B --------------------------------------------------------------------------------------------
@@ -261,12 +273,14 @@ GLM4V_TEMPLATE = TemplateMeta(
     # The prompt keeps one <|endoftext|> between the image markers; the model code swaps the whole span for
     # its image features, so the ids carry no expansion: one marker position per image.
     image_token="<|begin_of_image|>",
-    raw_image_text="<|begin_of_image|><|endoftext|><|end_of_image|>",
     end_of_turn=None,  # a reply ends where the next <|user|> starts: training appends <|endoftext|>
-    add_special_tokens=False,
-    num_image_tokens=_fixed(1),
     max_images=1,
-    fallback_chat_template=GLM4V_CHAT_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text="<|begin_of_image|><|endoftext|><|end_of_image|>",
+        add_special_tokens=False,
+        fallback_chat_template=GLM4V_CHAT_TEMPLATE,
+    ),
+    media=MediaExpansion(num_image_tokens=_fixed(1)),
 )
 
 # ---- CogVLM2 ----------------------------------------------------------------------------------------------
@@ -299,13 +313,14 @@ def cogvlm2_token_types(template, input_ids: list[int]) -> dict:
 COGVLM2_TEMPLATE = TemplateMeta(
     name="cogvlm2",
     image_token=COGVLM2_IMAGE_PAD,
-    raw_image_text=COGVLM2_IMAGE_PAD,
     end_of_turn=None,  # replies end with </s> (<|end_of_text|>) appended for training
-    add_special_tokens=False,  # the template writes <bos> itself, before the image
-    num_image_tokens=cogvlm2_image_tokens,
-    extra_inputs=cogvlm2_token_types,
-    sequence_keys={"token_type_ids": 0},
     supports_system=False,
     max_images=1,  # build_conversation_input_ids takes one image
-    fallback_chat_template=COGVLM2_CHAT_TEMPLATE,
+    rendering=Rendering(
+        raw_image_text=COGVLM2_IMAGE_PAD,
+        add_special_tokens=False,  # the template writes <bos> itself, before the image
+        fallback_chat_template=COGVLM2_CHAT_TEMPLATE,
+    ),
+    media=MediaExpansion(num_image_tokens=cogvlm2_image_tokens, extra_inputs=cogvlm2_token_types),
+    collation=Collation(sequence_keys={"token_type_ids": 0}),
 )

@@ -4,7 +4,7 @@ per row, then the global view `<fake_token_around_image><global-img>` + 64 `<ima
 
 from __future__ import annotations
 
-from swiftlite.templates.base import TemplateMeta
+from swiftlite.templates.meta import Collation, MediaExpansion, Rendering, TemplateMeta
 
 
 def processor_defaults(template) -> dict:
@@ -28,11 +28,15 @@ def pad_images(key: str, tensors: list):
 SMOLVLM_TEMPLATE = TemplateMeta(
     name="smolvlm",
     image_token="<image>",
-    raw_image_text="<image>",
     end_of_turn="<end_of_utterance>",
-    add_special_tokens=False,  # the chat template writes <|im_start|> (the bos) itself
-    processor_call=True,
-    processor_defaults=processor_defaults,
-    unused_image_keys=("rows", "cols"),
-    collate_media=pad_images,
+    rendering=Rendering(
+        raw_image_text="<image>",
+        add_special_tokens=False,  # the chat template writes <|im_start|> (the bos) itself
+    ),
+    media=MediaExpansion(
+        processor_call=True,
+        processor_defaults=processor_defaults,
+        unused_image_keys=("rows", "cols"),
+    ),
+    collation=Collation(collate_media=pad_images),
 )
