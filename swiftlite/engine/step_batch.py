@@ -103,13 +103,15 @@ class DecodeBatch:
 class BatchedRow:
     """A row's own decoding state on the batched path (the per-row path keeps it inside `generate`)."""
 
-    def __init__(self, prompt_length: int, max_new_tokens: int, offset: int, device):
+    def __init__(self, prompt, max_new_tokens: int, offset: int, penalised: bool):
         import torch
 
-        # Prompt plus generated tokens, for the repetition penalty (RowSampler reads the row's input ids).
-        self.history = torch.empty(1, prompt_length + max_new_tokens + 1, dtype=torch.long, device=device)
-        self.length = 0  # tokens in history
-        self.cached = 0  # tokens in the row's KV cache (its padding excluded)
+        # Prompt plus generated tokens, for the repetition penalty (RowSampler reads the row's input ids); a row
+        # without one is handed its prompt only (nothing reads it), which saves a tensor write per step.
+        self.history = torch.empty(1, prompt.shape[1] + max_new_tokens + 1, dtype=torch.long, device=prompt.device)
+        self.history[0, :prompt.shape[1]] = prompt[0]
+        self.penalised = penalised
+        self.length = self.cached = prompt.shape[1]  # tokens in history; in the KV cache (padding excluded)
         self.offset = offset  # position of the first token, plus the row's M-RoPE delta
         self.last = 0  # the token the next decode step feeds
 
@@ -117,9 +119,13 @@ class BatchedRow:
     def position(self) -> int:
         return self.cached + self.offset
 
+    def input_ids(self):
+        return self.history[:, :self.length]
+
     def append(self, token: int) -> None:
-        self.history[0, self.length] = token
-        self.length += 1
+        if self.penalised:
+            self.history[0, self.length] = token
+            self.length += 1
         self.last = token
 
 
@@ -148,18 +154,15 @@ def prefill(engine, row, on_delta, cancelled):
     delta = next((value for module, name in engine.state_holders
                   if (value := getattr(module, name)) is not None), None)
     offset = POSITION_OFFSET.get(getattr(engine.inner.config, "model_type", None), 0)
-    state = BatchedRow(prompt.shape[1], params.max_new_tokens, offset + (int(delta.view(-1)[0]) if delta is not None
-                                                                         else 0), prompt.device)
-    state.history[0, :prompt.shape[1]] = prompt[0]
-    state.length = state.cached = prompt.shape[1]
-    row.batched = state
+    offset += int(delta.view(-1)[0]) if delta is not None else 0
+    row.batched = BatchedRow(prompt, params.max_new_tokens, offset, params.repetition_penalty not in (None, 1.0))
     return cache, logits
 
 
 def take_token(row, logits) -> None:
     """The row's sampling of one step (its RowSampler, as engine.generate runs it), handed to its tracker."""
     state = row.batched
-    chosen = row.sampler(state.history[:, :state.length], logits)
+    chosen = row.sampler(state.input_ids(), logits)
     token = int(chosen[0].argmax())
     row.tracker.put([token])
     state.append(token)

@@ -1,33 +1,40 @@
-"""Iteration-level batching: rows join and leave between decode steps, each with its own KV cache.
+"""Iteration-level batching: rows join and leave between decode steps.
 
 `StepEngine` keeps the narrow interface of `BatchingEngine` (submit / stream / cancel, drain, shutdown) and
-replaces what runs behind it. Every running row is one `model.generate` call of one row, on a thread of its
-own, and the engine thread hands out the model one step at a time: row after row, each gets one forward pass
-(its prefill the first time, one decode step after that), then waits for its next turn. So:
+replaces what runs behind it. Between two decode steps, waiting requests that fit join and finished rows leave:
 
 - a request that arrives mid-batch starts at the next step, not when the longest row of the batch ends;
-- a row that finishes (stop, length, cancelled: its client left) ends its `generate` and leaves at once;
-- every row has its own transformers cache and its own decoding, so a row's tokens and logprobs in a busy
-  engine are those of the row alone, for every family (M-RoPE, cross-attention, images: `generate` does it);
+- a row that finishes (stop, length, cancelled: its client left) leaves at once and frees its place;
 - a row that fails (an out-of-memory error in its prefill, its own sampling) fails its request only: 503 for
   out-of-memory (retry later, or with a shorter request), 500 for anything else; the other rows go on.
 
-Only one row runs model code at a time: the threads are a way to pause `generate` between steps without
-re-implementing it, not parallelism. A forward pre-hook on the model is the pause point. Per-call state that a
-model keeps on itself (Qwen2-VL's `rope_deltas`) and the active LoRA adapter are swapped in for each row's turn.
+Two ways to run the rows, chosen per model at start-up (`step_batch.per_row_reason`):
+
+- Batched (text families, LLaVA, LLaVA-NeXT/OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4V, InternVL, Idefics3,
+  PaliGemma, ...): a joining row is prefilled alone by the model's own forward, then every decoding row takes its
+  step in ONE forward over a shared, left-padded KV cache (step_batch.py). Sampling stays per row: each row has
+  its own `RowSampler` and `RowTracker` (engine/generate.py: seeds, penalties, logprobs, logit_bias, grammars,
+  stop strings), so its tokens and logprobs are those of the row alone (up to float rounding, ~1e-6 in fp32).
+  An out-of-memory error in a decode step fails the row that joined last (the batch ran before it came).
+- Per row (Gemma 3: sliding-window cache; Mllama: cross-attention cache; linear-attention layers): every running
+  row is one `model.generate` of one row on a thread of its own, and the engine hands out the model one forward
+  at a time, row after row. Only one row runs model code at a time: the threads pause `generate` between steps
+  (a forward pre-hook is the pause point), they are not parallelism. Per-call state a model keeps on itself
+  (`rope_deltas`) and the active LoRA adapter are swapped in for each row's turn. Decode is not batched here.
 
 Why not transformers' continuous batching (`generate_batch`, the ContinuousBatchingManager, paged attention)?
 It decodes every request with one GenerationConfig and its own sampler, so the per-row work of
 `engine.generate` (`RowSampler`: seeds, penalties, logprobs, logit bias, grammars) could not run, and it takes
-text-only inputs (no pixel_values), which rules out the multimodal families. So every family uses this loop.
+text-only inputs (no pixel_values), which rules out the multimodal families.
 
 Admission: a row costs its prompt plus its max_new_tokens (the most KV cache it can need). Requests enter first
 come first served while the running rows' cost stays within `max_num_batched_tokens` and their number within
 `max_batch_size`; the first that does not fit waits (and so do those behind it), a full queue is a 429. A request
 larger than the whole budget runs alone once the engine is empty, rather than never.
 
-Single adapter: rows switch the adapter on (peft's `set_adapter`) or off for their turn instead of going through
-peft's mixed-batch `adapter_names` path, which splits every LoRA layer's input by adapter at every step.
+Adapters: when every row of a step uses one adapter (or none), it is switched on (peft's `set_adapter`, or the
+adapter layers off for the base model) instead of going through peft's mixed-batch `adapter_names` path, which
+splits every LoRA layer's input by adapter at every step; a step with rows of several adapters takes that path.
 """
 
 from __future__ import annotations
