@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from test_deploy_support import make_lora, running_server
+from test_engine_step_batched import assert_same
 
 
 def chat(server, content: str, max_tokens: int, **extra) -> httpx.Response:
@@ -91,17 +92,8 @@ def test_a_row_in_a_busy_engine_equals_the_row_alone(step_server):
     alone = [answer(request) for request in requests]
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
         busy = list(pool.map(answer, requests))
-    assert_same_answers(busy, alone)
+    assert_same(busy, alone)
     assert [len(tokens) for tokens in alone] == [12, 30, 5, 20]
-
-
-def assert_same_answers(busy, alone):
-    """Same tokens; logprobs equal up to float32 rounding (a batched matmul sums in another order than one row's)."""
-    for busy_answer, alone_answer in zip(busy, alone, strict=True):
-        assert [step[0] for step in busy_answer] == [step[0] for step in alone_answer]
-        assert [step[1] for step in busy_answer] == pytest.approx([step[1] for step in alone_answer], abs=1e-4)
-        assert [top for step in busy_answer for top in step[2]] == pytest.approx(
-            [top for step in alone_answer for top in step[2]], abs=1e-4)
 
 
 def test_over_the_token_budget_waits_and_over_the_queue_gets_429(qwen2_vl_dir):

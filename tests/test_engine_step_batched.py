@@ -30,6 +30,7 @@ def ask(server, content, max_tokens: int, model=None) -> list[tuple]:
 
 
 def assert_same(answers, expected):
+    """Same tokens; logprobs equal up to float32 rounding (a batched matmul sums in another order than one row's)."""
     for answer, reference in zip(answers, expected, strict=True):
         assert [step[0] for step in answer] == [step[0] for step in reference]
         assert [step[1] for step in answer] == pytest.approx([step[1] for step in reference], abs=1e-4)
