@@ -158,3 +158,42 @@ def test_families_whose_cache_cannot_be_batched_keep_the_per_row_path(family, re
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             busy = list(pool.map(lambda request: ask(server, *request), requests))
     assert_same(busy, alone)
+
+
+def test_an_allocation_failure_in_a_decode_step_fails_the_row_that_joined_last_and_the_others_go_on(qwen2_vl_dir,
+                                                                                                    tmp_path):
+    # The decode step of two rows really allocates 4 TiB in the model's last decoder layer (after the first layer
+    # appended that step's keys and values to the shared cache): the row that joined last gets the 503, the long
+    # row goes on, and its answer is still that of the row alone (the half-appended step was cut off the cache).
+    import torch
+
+    from swiftlite.testing.tiny import never_stopping_copy
+
+    model_dir = never_stopping_copy(qwen2_vl_dir, tmp_path / "qwen2-vl")
+    with running_server(engine="step", model=str(model_dir), max_batch_size=8, batch_wait_ms=0) as server:
+        engine = server.app.state.server.engine
+        last_layer = [module for name, module in engine.inner.named_modules()
+                      if name.endswith("layers.1") and "visual" not in name][-1]
+        fired = []
+
+        def allocate(module, args):
+            hidden = args[0]
+            if hidden.shape[0] == 2 and hidden.shape[1] == 1 and not fired:
+                fired.append(1)
+                torch.empty(2**40, dtype=torch.float32)  # raises: DefaultCPUAllocator: can't allocate memory
+
+        hook = last_layer.register_forward_pre_hook(allocate)
+        try:
+            long = Stream(server, "tell a long story", 60)
+            assert long.started.wait(120)
+            body = dict(model=server.app.state.server.models[0].name, max_tokens=8,
+                        messages=[{"role": "user", "content": "hello"}])
+            failed = httpx.post(server.base_url + "/chat/completions", json=body, timeout=300)
+            assert failed.status_code == 503, failed.text
+            assert failed.json()["error"]["code"] == "out_of_memory"
+            long.thread.join(300)
+        finally:
+            hook.remove()
+        assert fired and len(long.tokens) == 60
+        assert_same([long.tokens], [ask(server, "tell a long story", 60)])
+        assert len(ask(server, "hello", 8)) == 8  # the server goes on

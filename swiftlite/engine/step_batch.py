@@ -94,8 +94,16 @@ class DecodeBatch:
         positions = torch.tensor([[row.batched.position] for row in self.rows], device=device)
         if mrope:
             positions = positions[None].expand(3, -1, -1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
-                       use_cache=True, **extra).logits[:, -1].float()
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
+                           use_cache=True, **extra).logits[:, -1].float()
+        except BaseException:
+            # The layers before the failure appended this step's keys and values: cut them, so that the rows
+            # that go on find every layer as long as their mask.
+            length = self.mask.shape[1]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+            raise
         self.mask = mask
         return logits
 
