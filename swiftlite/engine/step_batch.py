@@ -62,11 +62,17 @@ class DecodeBatch:
             return
         have = self.mask.shape[1]
         pad_batch, pad_row = max(0, length - have), max(0, have - length)
-        for layer, joining in zip(self.cache.layers, cache.layers):
-            layer.keys = torch.cat([F.pad(layer.keys, (0, 0, pad_batch, 0)), F.pad(joining.keys, (0, 0, pad_row, 0))])
-            layer.values = torch.cat([F.pad(layer.values, (0, 0, pad_batch, 0)),
-                                      F.pad(joining.values, (0, 0, pad_row, 0))])
-        self.mask = torch.cat([F.pad(self.mask, (pad_batch, 0)), F.pad(row_mask, (pad_row, 0))])
+
+        def joined(batch, one):
+            return torch.cat([F.pad(batch, (0, 0, pad_batch, 0)), F.pad(one, (0, 0, pad_row, 0))])
+
+        # Every new tensor first, then the swap: a failed allocation (out of memory) leaves the batch as it was.
+        layers = [(joined(layer.keys, joining.keys), joined(layer.values, joining.values))
+                  for layer, joining in zip(self.cache.layers, cache.layers)]
+        mask = torch.cat([F.pad(self.mask, (pad_batch, 0)), F.pad(row_mask, (pad_row, 0))])
+        for layer, (keys, values) in zip(self.cache.layers, layers):
+            layer.keys, layer.values = keys, values
+        self.mask = mask
         self.rows.append(row)
 
     def keep(self, rows: list) -> None:

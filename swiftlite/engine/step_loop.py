@@ -185,7 +185,16 @@ class StepEngine(BatchingEngine):
     def _step(self) -> None:
         """One decode step of every running row; rows that ended leave."""
         if not self.per_row:
-            self._batched_step()
+            try:
+                self._batched_step()
+            except Exception as error:  # a bug in the batch's bookkeeping: its rows fail, the engine thread goes on
+                logger.exception("the decode batch failed")
+                for row in self.running:
+                    if not row.finished:
+                        self._fail_row(row, error)
+                    self._finish(row)
+                self.running.clear()
+                self.batch.keep([])
         else:
             self._per_row_step()
         if not self.running:
@@ -253,13 +262,13 @@ class StepEngine(BatchingEngine):
             self._use_adapter(row.adapter)
             cache, logits = prefill(self, row, on_delta, lambda _: stream.cancelled or self.aborting)
             take_token(row, logits)
-        except Exception as error:  # its prefill (out of memory, a bad input): it fails, the others go on
+            if row.tracker.results[0].finish_reason is None:
+                self.batch.add(row, cache)
+        except Exception as error:  # its prefill or its place in the batch (out of memory, a bad input): it fails
             self._fail_row(row, error)
             return
         if row.tracker.results[0].finish_reason is not None:
             self._end_row(row)
-        else:
-            self.batch.add(row, cache)
 
     def _decode(self) -> None:
         for row in self.batch.rows:  # a client that left: its row leaves before the forward
