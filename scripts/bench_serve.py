@@ -4,6 +4,8 @@
     python scripts/bench_serve.py --model DIR --batch_sizes 1 32 --clients 1 8 32 --max_tokens 128
     python scripts/bench_serve.py --backend pt vllm --batch_sizes 16 --clients 16 --mixed_max_tokens
                                                       # pt against vLLM (run it in .venv-vllm: docs/deploy.md)
+    python scripts/bench_serve.py --workload engines --no_image --hidden_size 256 --num_layers 4
+                                                      # issue 16: --engine step vs static, one adapter vs merged
 
 For each batch size the script starts a real `mm deploy` process, measures the time from launch to the first
 answered GET /v1/models, then runs each client count for --duration seconds: every client sends one streaming
@@ -48,6 +50,9 @@ def parse_args():
     parser.add_argument("--mixed_max_tokens", action="store_true", help="requests cycle through max_tokens/8, "
                         "/4, /2 and the full --max_tokens (answers of mixed lengths, as real traffic has)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--hidden_size", type=int, help="hidden size of the tiny checkpoint (default: the family's "
+                        "own tiny size; larger makes the model's compute, not the server's Python, dominate)")
+    parser.add_argument("--num_layers", type=int, help="layers of the tiny checkpoint (default: the family's)")
     add_engine_args(parser)
     return parser.parse_args()
 
@@ -62,6 +67,8 @@ def add_engine_args(parser) -> None:
     parser.add_argument("--mixed_tokens", type=int, nargs=2, default=[8, 256], metavar=("LOW", "HIGH"),
                         help="each request's max_tokens is drawn uniformly from LOW..HIGH (seeded per client)")
     parser.add_argument("--adapter_tokens", type=int, default=64, help="tokens per answer of the adapter runs")
+    parser.add_argument("--rounds", type=int, default=2, help="the mixed workload alternates static and step this "
+                        "many times; each engine's figures pool its rounds (a shared machine's load drifts)")
 
 
 def start_engine_server(model_dir: str | None, extra: list[str], threads: int | None) -> tuple[subprocess.Popen, str]:
@@ -102,11 +109,16 @@ async def mixed_load(url: str, clients: int, duration: float, body: dict, low: i
 
         await asyncio.gather(*(client(index) for index in range(clients)))
         elapsed = time.monotonic() - started  # the last requests run past the deadline: counted in full
+    return mixed_figures(clients, elapsed, results)
+
+
+def mixed_figures(clients: int, elapsed: float, results: list) -> dict:
     firsts = sorted(r[1] for r in results if r[1] is not None)
     return {"clients": clients, "requests": len(results), "seconds": round(elapsed, 1),
             "output_tokens_per_s": round(sum(r[2] for r in results) / elapsed, 1),
             "ttft_p50_ms": round(1000 * statistics.median(firsts)),
-            "ttft_p95_ms": round(1000 * firsts[max(0, int(0.95 * len(firsts)) - 1)])}
+            "ttft_p95_ms": round(1000 * firsts[max(0, int(0.95 * len(firsts)) - 1)]),
+            "results": results, "elapsed": elapsed}
 
 
 def make_adapter_and_merged(model_dir: str, out: Path) -> tuple[Path, Path]:
@@ -137,40 +149,58 @@ def make_adapter_and_merged(model_dir: str, out: Path) -> tuple[Path, Path]:
 
 
 def run_engines(args, model_dir: str, body: dict) -> None:
-    mixed = []
-    for engine in ("static", "step"):
-        process, url = start_engine_server(model_dir, ["--engine", engine, "--max_batch_size", str(args.engine_clients),
-                                                       "--max_new_tokens", str(args.mixed_tokens[1])], args.threads)
-        try:
-            figures = {"engine": engine, **asyncio.run(mixed_load(url, args.engine_clients, args.duration, body,
-                                                                  *args.mixed_tokens))}
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-        print("  " + "  ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
-        mixed.append(figures)
-
-    with tempfile.TemporaryDirectory() as scratch:
-        adapter, merged = make_adapter_and_merged(model_dir, Path(scratch))
-        single = []
-        for label, served, extra, name in (
-                ("merged model", str(merged), ["--engine", "step"], None),
-                ("adapter --ckpt_dir (merged at load)", None, ["--ckpt_dir", str(adapter)], None),
-                ("adapter --ckpt_dir --merge_lora false, step engine", None,
-                 ["--ckpt_dir", str(adapter), "--merge_lora", "false"], None),
-                ("adapter, step engine (switched on)", model_dir, ["--engine", "step", "--lora_modules",
-                                                                  f"tuned={adapter}"], "tuned"),
-                ("adapter, static engine (adapter_names)", model_dir, ["--engine", "static", "--lora_modules",
-                                                                      f"tuned={adapter}"], "tuned")):
-            process, url = start_engine_server(served, ["--max_batch_size", "1", *extra], args.threads)
+    rounds = {"static": [], "step": []}
+    for round_number in range(args.rounds):
+        for engine in ("static", "step"):
+            process, url = start_engine_server(model_dir, ["--engine", engine, "--max_batch_size",
+                                                           str(args.engine_clients), "--max_new_tokens",
+                                                           str(args.mixed_tokens[1])], args.threads)
             try:
-                request = dict(body, max_tokens=args.adapter_tokens, **({"model": name} if name else {}))
-                figures = {"served": label, **asyncio.run(load(url, 1, args.duration, request))}
+                figures = asyncio.run(mixed_load(url, args.engine_clients, args.duration, body, *args.mixed_tokens))
             finally:
                 process.terminate()
                 process.wait(timeout=60)
-            print("  " + "  ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
-            single.append(figures)
+            rounds[engine].append(figures)
+            print(f"  round {round_number + 1} engine={engine}  " + "  ".join(
+                f"{key}={value}" for key, value in figures.items() if key not in ("results", "elapsed")), flush=True)
+    mixed = []
+    for engine, runs in rounds.items():  # pooled: all requests of its rounds over all their seconds
+        pooled = mixed_figures(args.engine_clients, sum(run["elapsed"] for run in runs),
+                               [result for run in runs for result in run["results"]])
+        mixed.append({"engine": engine, **{key: value for key, value in pooled.items()
+                                           if key not in ("results", "elapsed")}})
+
+    with tempfile.TemporaryDirectory() as scratch:
+        adapter, merged = make_adapter_and_merged(model_dir, Path(scratch))
+        configurations = (
+            ("merged model", str(merged), ["--engine", "step"], None),
+            ("adapter --ckpt_dir (merged at load)", None, ["--engine", "step", "--ckpt_dir", str(adapter)], None),
+            ("adapter --ckpt_dir --merge_lora false, step engine", None,
+             ["--engine", "step", "--ckpt_dir", str(adapter), "--merge_lora", "false"], None),
+            ("adapter, step engine (switched on)", model_dir, ["--engine", "step", "--lora_modules",
+                                                              f"tuned={adapter}"], "tuned"),
+            ("adapter, static engine (adapter_names)", model_dir, ["--engine", "static", "--lora_modules",
+                                                                  f"tuned={adapter}"], "tuned"))
+        runs: dict[str, list[dict]] = {label: [] for label, *_ in configurations}
+        for round_number in range(args.rounds):  # each round serves every configuration in turn
+            for label, served, extra, name in configurations:
+                process, url = start_engine_server(served, ["--max_batch_size", "1", *extra], args.threads)
+                try:
+                    request = dict(body, max_tokens=args.adapter_tokens, **({"model": name} if name else {}))
+                    figures = asyncio.run(load(url, 1, args.duration, request))
+                finally:
+                    process.terminate()
+                    process.wait(timeout=60)
+                runs[label].append(figures)
+                print(f"  round {round_number + 1} served={label}  " + "  ".join(
+                    f"{key}={value}" for key, value in figures.items()), flush=True)
+        single = []
+        for label, figures in runs.items():  # pooled: all tokens of its rounds over all their seconds
+            seconds = sum(run["seconds"] for run in figures)
+            single.append({"served": label, "seconds": round(seconds, 1),
+                           "output_tokens_per_s": round(sum(run["output_tokens_per_s"] * run["seconds"]
+                                                            for run in figures) / seconds, 1),
+                           "ttft_p50_ms": round(statistics.median(run["ttft_p50_ms"] for run in figures))})
 
     static, step = mixed
     print()
@@ -301,7 +331,15 @@ def main() -> None:
         scratch = tempfile.TemporaryDirectory()
         # head_dim 32 (hidden 128, 2 heads) when vLLM is measured: its CPU attention takes no smaller.
         sizes = dict(hidden_size=128, num_heads=2) if "vllm" in args.backend else {}
+        if args.hidden_size:
+            sizes.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size)
+        if args.num_layers:
+            sizes["num_layers"] = args.num_layers
         model_dir = str(build_tiny_checkpoint(args.family, Path(scratch.name) / args.family, **sizes))
+        if args.workload == "engines":  # every answer runs to its max_tokens: the spread of lengths is real
+            from swiftlite.testing.tiny import never_stopping_copy
+
+            model_dir = str(never_stopping_copy(model_dir, Path(scratch.name) / "never-stopping"))
     content = [{"type": "text", "text": "describe the picture"}]
     if not args.no_image:
         content.insert(0, {"type": "image_url", "image_url": {"url": small_image_data_url()}})

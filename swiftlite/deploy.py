@@ -53,10 +53,10 @@ def deploy(
     merge_lora: Annotated[bool, flag("merge_lora", S + "merge a LoRA --ckpt_dir into the weights in memory at load "
                                      "when it is the only adapter served (no --lora_modules): as fast as a merged "
                                      "checkpoint; false keeps peft's adapter layers.")] = True,
-    engine: Annotated[str, opt("engine", S + "static: batched decoding of whole batches, a new request waits for the "
-                               "running batch (default: the most tokens/s); step: rows join and leave between "
-                               "decode steps, each row decoded alone (lowest time to first token, fewer tokens/s; "
-                               "docs/deploy.md#engines).")] = "static",
+    engine: Annotated[str, opt("engine", S + "step (default): rows join and leave between decode steps, all "
+                               "running rows decoded in one batched forward (lowest time to first token, most "
+                               "tokens/s); static: whole batches, a new request waits for the running batch to end "
+                               "(docs/deploy.md, \"Batching\").")] = "step",
     max_num_batched_tokens: Annotated[int | None, opt("max_num_batched_tokens", S + "token budget of the running "
                                                       "rows (each: prompt + max_tokens) with --engine step; requests "
                                                       "over it wait (default: no budget, rows only).")] = None,
@@ -245,7 +245,7 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
               allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
               max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
               cors_origins=None, host="127.0.0.1", request_timeout=30.0, infer_backend="pt", vllm_options=None,
-              engine="static", max_num_batched_tokens=None, merge_lora=True):
+              engine="step", max_num_batched_tokens=None, merge_lora=True):
     """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
     from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from test_deploy_support import make_lora, running_server
+from test_engine_step_batched import assert_same
 
 
 def chat(server, content: str, max_tokens: int, **extra) -> httpx.Response:
@@ -75,8 +76,8 @@ def test_a_request_arriving_mid_batch_finishes_before_the_long_row(step_server):
 
 
 def test_a_row_in_a_busy_engine_equals_the_row_alone(step_server):
-    # Seeded sampling with logprobs: every row has its own cache and its own generator, so neither the other
-    # rows nor the moment a row joins change its tokens or log-probabilities.
+    # Seeded sampling with logprobs: every row has its own generator and its own positions, and the batch's
+    # padding is masked out, so neither the other rows nor the moment a row joins change its tokens or logprobs.
     requests = [("a red circle", 12, 1), ("which shape and colour do you see", 30, 2), ("hello", 5, 3),
                 ("a green square and a blue triangle", 20, 4)]
 
@@ -91,7 +92,7 @@ def test_a_row_in_a_busy_engine_equals_the_row_alone(step_server):
     alone = [answer(request) for request in requests]
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
         busy = list(pool.map(answer, requests))
-    assert busy == alone
+    assert_same(busy, alone)
     assert [len(tokens) for tokens in alone] == [12, 30, 5, 20]
 
 

@@ -1,33 +1,40 @@
-"""Iteration-level batching: rows join and leave between decode steps, each with its own KV cache.
+"""Iteration-level batching: rows join and leave between decode steps.
 
 `StepEngine` keeps the narrow interface of `BatchingEngine` (submit / stream / cancel, drain, shutdown) and
-replaces what runs behind it. Every running row is one `model.generate` call of one row, on a thread of its
-own, and the engine thread hands out the model one step at a time: row after row, each gets one forward pass
-(its prefill the first time, one decode step after that), then waits for its next turn. So:
+replaces what runs behind it. Between two decode steps, waiting requests that fit join and finished rows leave:
 
 - a request that arrives mid-batch starts at the next step, not when the longest row of the batch ends;
-- a row that finishes (stop, length, cancelled: its client left) ends its `generate` and leaves at once;
-- every row has its own transformers cache and its own decoding, so a row's tokens and logprobs in a busy
-  engine are those of the row alone, for every family (M-RoPE, cross-attention, images: `generate` does it);
+- a row that finishes (stop, length, cancelled: its client left) leaves at once and frees its place;
 - a row that fails (an out-of-memory error in its prefill, its own sampling) fails its request only: 503 for
   out-of-memory (retry later, or with a shorter request), 500 for anything else; the other rows go on.
 
-Only one row runs model code at a time: the threads are a way to pause `generate` between steps without
-re-implementing it, not parallelism. A forward pre-hook on the model is the pause point. Per-call state that a
-model keeps on itself (Qwen2-VL's `rope_deltas`) and the active LoRA adapter are swapped in for each row's turn.
+Two ways to run the rows, chosen per model at start-up (`step_batch.per_row_reason`):
+
+- Batched (text families, LLaVA, LLaVA-NeXT/OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4V, InternVL, Idefics3,
+  PaliGemma, ...): a joining row is prefilled alone by the model's own forward, then every decoding row takes its
+  step in ONE forward over a shared, left-padded KV cache (step_batch.py). Sampling stays per row: each row has
+  its own `RowSampler` and `RowTracker` (engine/generate.py: seeds, penalties, logprobs, logit_bias, grammars,
+  stop strings), so its tokens and logprobs are those of the row alone (up to float rounding, ~1e-6 in fp32).
+  An out-of-memory error in a decode step fails the row that joined last (the batch ran before it came).
+- Per row (Gemma 3: sliding-window cache; Mllama: cross-attention cache; linear-attention layers): every running
+  row is one `model.generate` of one row on a thread of its own, and the engine hands out the model one forward
+  at a time, row after row. Only one row runs model code at a time: the threads pause `generate` between steps
+  (a forward pre-hook is the pause point), they are not parallelism. Per-call state a model keeps on itself
+  (`rope_deltas`) and the active LoRA adapter are swapped in for each row's turn. Decode is not batched here.
 
 Why not transformers' continuous batching (`generate_batch`, the ContinuousBatchingManager, paged attention)?
 It decodes every request with one GenerationConfig and its own sampler, so the per-row work of
 `engine.generate` (`RowSampler`: seeds, penalties, logprobs, logit bias, grammars) could not run, and it takes
-text-only inputs (no pixel_values), which rules out the multimodal families. So every family uses this loop.
+text-only inputs (no pixel_values), which rules out the multimodal families.
 
 Admission: a row costs its prompt plus its max_new_tokens (the most KV cache it can need). Requests enter first
 come first served while the running rows' cost stays within `max_num_batched_tokens` and their number within
 `max_batch_size`; the first that does not fit waits (and so do those behind it), a full queue is a 429. A request
 larger than the whole budget runs alone once the engine is empty, rather than never.
 
-Single adapter: rows switch the adapter on (peft's `set_adapter`) or off for their turn instead of going through
-peft's mixed-batch `adapter_names` path, which splits every LoRA layer's input by adapter at every step.
+Adapters: when every row of a step uses one adapter (or none), it is switched on (peft's `set_adapter`, or the
+adapter layers off for the base model) instead of going through peft's mixed-batch `adapter_names` path, which
+splits every LoRA layer's input by adapter at every step; a step with rows of several adapters takes that path.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from dataclasses import dataclass, field
 
 from swiftlite.engine.generate import RowResult, RowSampler, RowStopper, RowTracker, SamplingParams, move_batch, \
     prompt_logprobs, token_ids_only, vocab_size
+from swiftlite.engine.step_batch import BatchedRow, DecodeBatch, per_row_reason, prefill, take_token
 from swiftlite.engine.worker import BASE_ADAPTER, BatchingEngine, ChoiceFinished, EngineFailed, RequestStream, \
     TokenDelta
 
@@ -78,6 +86,7 @@ class Row:
     state: list = field(default_factory=list)  # its values of the model's per-call state (MODEL_STATE)
     tracker: RowTracker | None = None
     sampler: RowSampler | None = None
+    batched: BatchedRow | None = None  # its decoding state on the batched path, from its prefill on
 
 
 class RowCancelled(Exception):
@@ -103,6 +112,10 @@ class StepEngine(BatchingEngine):
                               if hasattr(module, name)]
         self.active_adapter: str | None = None  # unknown until the first row sets it
         self.hook = None
+        self.per_row = per_row_reason(self.inner)  # None: decode every running row in one forward (step_batch.py)
+        self.batch = DecodeBatch()
+        if self.per_row:
+            logger.info("the step engine runs one row per forward pass: %s", self.per_row)
 
     # ---- admission (the engine thread, under self.condition) -------------------------------------------------
     def _move_fitting(self, batch: list[RequestStream], rows: int) -> int:
@@ -131,13 +144,15 @@ class StepEngine(BatchingEngine):
             for choice, (encoded, params) in enumerate(zip(stream.request.rows, stream.request.params)):
                 row = Row(stream, choice, encoded, params, stream.request.adapter or BASE_ADAPTER,
                           state=[None] * len(self.state_holders))
-                threading.Thread(target=self._row_main, args=(row,), name="swiftlite-row", daemon=True).start()
+                if self.per_row:
+                    threading.Thread(target=self._row_main, args=(row,), name="swiftlite-row", daemon=True).start()
                 self.running.append(row)
 
     # ---- the engine thread ---------------------------------------------------------------------------------
     def _work(self) -> None:
         self._neutral_generation_config()
-        self.hook = self.inner.register_forward_pre_hook(self._before_forward)
+        if self.per_row:
+            self.hook = self.inner.register_forward_pre_hook(self._before_forward)
         try:
             while True:
                 if not self.running:
@@ -164,10 +179,29 @@ class StepEngine(BatchingEngine):
                     if not self.running:
                         self.metrics.batch_finished()
         finally:
-            self.hook.remove()
+            if self.hook is not None:
+                self.hook.remove()
 
     def _step(self) -> None:
-        """One forward pass for each running row, in turn; rows that ended leave."""
+        """One decode step of every running row; rows that ended leave."""
+        if not self.per_row:
+            try:
+                self._batched_step()
+            except Exception as error:  # a bug in the batch's bookkeeping: its rows fail, the engine thread goes on
+                logger.exception("the decode batch failed")
+                for row in self.running:
+                    if not row.finished:
+                        self._fail_row(row, error)
+                    self._finish(row)
+                self.running.clear()
+                self.batch.keep([])
+        else:
+            self._per_row_step()
+        if not self.running:
+            self.reserved = 0
+
+    def _per_row_step(self) -> None:
+        """One forward pass for each running row, in turn (its own generate, on its thread)."""
         for row in list(self.running):
             try:
                 self._swap_in(row)
@@ -182,21 +216,117 @@ class StepEngine(BatchingEngine):
             if row.finished:
                 self.running.remove(row)
                 self._finish(row)
-        if not self.running:
-            self.reserved = 0
 
     def _swap_in(self, row: Row) -> None:
         for (module, name), value in zip(self.state_holders, row.state):
             setattr(module, name, value)
-        if self.uses_adapters and row.adapter != self.active_adapter:
-            tuner = self.model.base_model  # peft's LoraModel
-            if row.adapter == BASE_ADAPTER:
-                tuner.disable_adapter_layers()
-            else:
-                if self.active_adapter in (None, BASE_ADAPTER):
-                    tuner.enable_adapter_layers()
-                self.model.set_adapter(row.adapter)
-            self.active_adapter = row.adapter
+        self._use_adapter(row.adapter)
+
+    def _use_adapter(self, adapter: str) -> None:
+        """Switch one adapter on (or the adapter layers off for the base model), unless it is on already."""
+        if not self.uses_adapters or adapter == self.active_adapter:
+            return
+        tuner = self.model.base_model  # peft's LoraModel
+        if adapter == BASE_ADAPTER:
+            tuner.disable_adapter_layers()
+        else:
+            if self.active_adapter in (None, BASE_ADAPTER):
+                tuner.enable_adapter_layers()
+            self.model.set_adapter(adapter)
+        self.active_adapter = adapter
+
+    # ---- the batched path (step_batch.py) ------------------------------------------------------------------
+    def _batched_step(self) -> None:
+        """Rows that joined are prefilled alone, then every decoding row takes one step in one forward."""
+        for row in self.running:
+            if row.batched is None and not row.finished:
+                self._join(row)
+        self._decode()
+        for row in list(self.running):
+            if row.finished:
+                self.running.remove(row)
+                self._finish(row)
+
+    def _join(self, row: Row) -> None:
+        stream = row.stream
+        if stream.cancelled or self.aborting:  # its client left before its turn: it costs nothing
+            row.result = RowResult(finish_reason="cancelled", prompt_tokens=len(row.encoded["input_ids"]))
+            row.finished = True
+            return
+
+        def on_delta(_: int, text: str) -> None:
+            if text:
+                stream.put(TokenDelta(row.choice, text))
+
+        try:
+            self._use_adapter(row.adapter)
+            cache, logits = prefill(self, row, on_delta, lambda _: stream.cancelled or self.aborting)
+            take_token(row, logits)
+            if row.tracker.results[0].finish_reason is None:
+                self.batch.add(row, cache)
+        except Exception as error:  # its prefill or its place in the batch (out of memory, a bad input): it fails
+            self._fail_row(row, error)
+            return
+        if row.tracker.results[0].finish_reason is not None:
+            self._end_row(row)
+
+    def _decode(self) -> None:
+        for row in self.batch.rows:  # a client that left: its row leaves before the forward
+            result = row.tracker.results[0]
+            if result.finish_reason is None and (row.stream.cancelled or self.aborting):
+                result.finish_reason = "cancelled"
+        self._leave()
+        rows = self.batch.rows
+        if not rows:
+            return
+        extra = {}
+        adapters = {row.adapter for row in rows}
+        if self.uses_adapters and len(adapters) > 1:  # mixed: peft splits each LoRA layer's input by adapter
+            self._use_adapter(next(name for name in adapters if name != BASE_ADAPTER))  # the adapter layers on
+            extra["adapter_names"] = [row.adapter for row in rows]
+        elif self.uses_adapters:
+            self._use_adapter(rows[0].adapter)
+        import torch
+
+        try:
+            with torch.inference_mode():
+                logits = self.batch.forward(self.model, bool(self.state_holders), extra)
+        except Exception as error:
+            if is_out_of_memory(error):  # the newest row is the one the batch did not fit with: it alone fails
+                self._fail_row(rows[-1], error)
+            else:  # the forward all rows share failed: each fails
+                for row in rows:
+                    self._fail_row(row, error)
+            self._leave()
+            return
+        for index, row in enumerate(rows):
+            row.batched.cached += 1  # the token fed is in the cache now
+            take_token(row, logits[index:index + 1])
+        self._leave()
+
+    def _leave(self) -> None:
+        """Rows that ended (stop, length, cancelled, failed) leave the decode batch."""
+        ended = [row for row in self.batch.rows if row.finished or row.tracker.results[0].finish_reason is not None]
+        if not ended:
+            return
+        for row in ended:
+            if not row.finished:
+                self._end_row(row)
+        self.batch.keep([row for row in self.batch.rows if row not in ended])
+
+    def _end_row(self, row: Row) -> None:
+        row.tracker.end()
+        row.result = self._result(row)
+        row.finished = True
+
+    def _fail_row(self, row: Row, error: BaseException) -> None:
+        row.error = error
+        if row.tracker is not None:
+            row.tracker.fail(0, f"{type(error).__name__}: {error}")
+            row.result = self._result(row)
+        row.finished = True
+        if is_out_of_memory(error):
+            _free_device_cache()
 
     def _finish(self, row: Row) -> None:
         stream = row.stream

@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from swiftlite.engine.worker import Drains
 from swiftlite.errors import UserError
 
 logger = logging.getLogger("swiftlite.engine")
@@ -297,7 +298,7 @@ def record_images(template):
 
 
 # ---- the server's engine -----------------------------------------------------------------------------------
-class VllmEngine:
+class VllmEngine(Drains):
     """BatchingEngine's interface (submit/stream/cancel, drain, shutdown) over vLLM's LLMEngine."""
 
     def __init__(self, model: VllmModel, max_batch_size: int = 16, max_queue: int = 256, metrics=None):
@@ -334,14 +335,6 @@ class VllmEngine:
             self.incoming.append(stream)
             self.condition.notify()
         return stream
-
-    def drain(self, timeout: float) -> None:
-        if self.draining:
-            return
-        self.draining = True
-        timer = threading.Timer(timeout, self._abort)
-        timer.daemon = True
-        timer.start()
 
     def _abort(self) -> None:
         with self.condition:

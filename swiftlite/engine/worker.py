@@ -125,7 +125,28 @@ class RequestStream:
         return event
 
 
-class BatchingEngine:
+class Drains:
+    """`drain` for every engine (pt and vLLM): each says in `_abort` how its running and queued work is stopped."""
+
+    draining = False  # no new requests; queued and running ones may still finish
+
+    def drain(self, timeout: float) -> None:
+        """Take no new requests; what is queued or running gets `timeout` seconds, then is stopped.
+
+        Called from a signal handler: it only sets a flag and starts a timer (no lock).
+        """
+        if self.draining:
+            return
+        self.draining = True
+        timer = threading.Timer(timeout, self._abort)
+        timer.daemon = True
+        timer.start()
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+
+class BatchingEngine(Drains):
     def __init__(self, model, template, max_batch_size: int = 16, max_queue: int = 256,
                  batch_wait: float = 0.05, metrics=None):
         self.model = model
@@ -163,18 +184,6 @@ class BatchingEngine:
             self._report_queue()
             self.condition.notify()
         return stream
-
-    def drain(self, timeout: float) -> None:
-        """Take no new requests; what is queued or running gets `timeout` seconds, then is stopped.
-
-        Called from a signal handler: it only sets a flag and starts a timer (no lock).
-        """
-        if self.draining:
-            return
-        self.draining = True
-        timer = threading.Timer(timeout, self._abort)
-        timer.daemon = True
-        timer.start()
 
     def _abort(self) -> None:
         with self.condition:
