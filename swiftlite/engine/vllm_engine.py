@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swiftlite.errors import UserError
+from swiftlite.infer_api import StreamingGeneration  # light: no torch, no transformers
 
 logger = logging.getLogger("swiftlite.engine")
 
@@ -135,8 +136,12 @@ class VllmModel:
             result.text = text
         return delta
 
-    def generate_rows(self, template, rows: list[dict], params: list, adapter_names=None):
-        """Blocking: every row to the end (mm infer's batch mode). Returns RowResults in row order."""
+    def generate_rows(self, template, rows: list[dict], params: list, adapter_names=None, on_delta=None,
+                      cancelled=None):
+        """Blocking: every row to the end (mm infer's batch mode and chat). Returns RowResults in row order.
+
+        on_delta(row, text) and cancelled(row) as in engine.generate.generate: the chat streams and stops with them.
+        """
         from swiftlite.engine.generate import RowResult
 
         ids = {}
@@ -145,12 +150,40 @@ class VllmModel:
             ids[request_id] = index
             self.add(request_id, row, row_params, adapter_names[index] if adapter_names else self.default_adapter)
         results = [RowResult(prompt_tokens=len(row["input_ids"])) for row in rows]
-        while self.engine.has_unfinished_requests():
+        while ids and self.engine.has_unfinished_requests():
+            stopped = [request_id for request_id, index in ids.items() if cancelled and cancelled(index)]
+            if stopped:
+                self.engine.abort_request(stopped)
+                for request_id in stopped:
+                    results[ids.pop(request_id)].finish_reason = "cancelled"
+                continue
             for output in self.engine.step():
                 if output.request_id in ids:
                     index = ids[output.request_id]
-                    self.absorb(results[index], output, params[index].top_logprobs)
+                    delta = self.absorb(results[index], output, params[index].top_logprobs)
+                    if delta and on_delta is not None:
+                        on_delta(index, delta)
+                    if output.finished:
+                        del ids[output.request_id]
         return results
+
+    def stream_row(self, template, row: dict, params):
+        """One row generated in a thread, its text deltas iterated as they come (mm infer's chat)."""
+        return VllmStreamingGeneration(self, template, row, params)
+
+
+class VllmStreamingGeneration(StreamingGeneration):
+    """infer_api.StreamingGeneration (iterate deltas, cancel, result) with vLLM's engine generating the row."""
+
+    def _work(self) -> None:
+        try:
+            self.result = self.model.generate_rows(
+                self.template, [self.row], [self.params], on_delta=lambda _row, delta: self._deltas.put(delta),
+                cancelled=lambda _row: self._cancelled.is_set())[0]
+        except BaseException as error:  # handed to the consuming thread
+            self._error = error
+        finally:
+            self._deltas.put(None)
 
 
 def collapse_runs(ids: list[int], token_id) -> list[int]:
@@ -176,7 +209,32 @@ def to_vllm_params(params, stop_token_ids=()):
         logprobs=params.top_logprobs if params.logprobs else None,
         output_kind=RequestOutputKind.DELTA,  # each step brings only the new tokens
         skip_special_tokens=False,  # as the pt backend decodes
+        logit_bias=dict(params.logit_bias) or None,
+        presence_penalty=params.presence_penalty,  # OpenAI's definitions, as engine/logits.py applies them
+        frequency_penalty=params.frequency_penalty,
+        structured_outputs=structured_outputs(params.grammar) if params.grammar else None,
     )
+
+
+def structured_outputs(grammar: str):
+    """swiftlite's llguidance grammar (engine/logits.py) -> vLLM's StructuredOutputsParams.
+
+    The server compiles response_format and forced tool calls into llguidance's form at the door (where a bad
+    schema is the client's 400 on both backends). That form is one of two texts: a JSON schema, serialized as
+    {"grammars": [{"json_schema": ...}]}, which vLLM takes as `json`; or a Lark grammar (tool_calls.py's forced
+    calls, with llguidance's `%json` rules and special tokens), which vLLM takes as `grammar`. Both go to vLLM's
+    llguidance backend (start_engine), so the same grammar constrains the same tokens as on the pt backend.
+    """
+    import json
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if grammar.lstrip().startswith("{"):
+        parts = json.loads(grammar).get("grammars") or [{}]
+        if len(parts) == 1 and parts[0].get("json_schema") is not None:
+            return StructuredOutputsParams(json=parts[0]["json_schema"])
+        raise ValueError("a structured-output grammar vLLM cannot take: more than a JSON schema")
+    return StructuredOutputsParams(grammar=grammar)
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
@@ -227,6 +285,8 @@ def start_engine(model_dir, dtype: str, adapters: list[tuple[str, str]], options
         tensor_parallel_size=options.tensor_parallel_size, gpu_memory_utilization=options.gpu_memory_utilization,
         max_model_len=options.max_model_len, enforce_eager=options.enforce_eager,
         skip_tokenizer_init=False, trust_remote_code=False,
+        # llguidance, as the pt backend (engine/logits.py): it reads the grammars the server compiled for it.
+        structured_outputs_config={"backend": "guidance"},
     )
     if options.limit_mm_per_prompt:
         kwargs["limit_mm_per_prompt"] = dict(options.limit_mm_per_prompt)
