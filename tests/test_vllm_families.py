@@ -10,7 +10,8 @@ and the greedy tokens must be equal and their logprobs within LOGPROB_ATOL. vLLM
 multimodal encoder with its largest dummy input, so the vision (or audio) tower's weights are loaded and run.
 For IMAGE_PROMPTS' families the engine is swiftlite's (load_for_vllm), and an image prompt through swiftlite's
 vLLM path (template.encode, placeholders collapsed, vLLM's processor on the image) must also answer as swiftlite's
-pt path on the same directory.
+pt path on the same directory; there the chat's stream is also cancelled mid-answer (Ctrl-C), which must abort the
+request in vLLM and leave the engine free for the next prompt.
 
 Not here (docs/export.md's vLLM table has the measured facts): mllama, which vLLM 0.32.0 no longer supports
 ("MllamaForConditionalGeneration" is in its registry's removed list since 0.10.2), and minicpm_v (MiniCPM-V 4.6,
@@ -149,6 +150,15 @@ def run_vllm(merged: str, prompt: list[int], steps: int, picture: str | None = N
     got = {"tokens": tokens, "logprobs": [step[token].logprob for step, token in zip(output.logprobs, tokens)]}
     if picture is not None:
         row = loaded.template.encode(image_conversation(picture), add_generation_prompt=True)
+        # mm infer's chat on vLLM: deltas stream as generated, and cancel() (Ctrl-C) aborts the request in vLLM,
+        # leaving the engine free for the next turn (the image prompt below).
+        stream = loaded.model.stream_row(loaded.template, row, greedy_params(1000))
+        pieces = []
+        for delta in stream:
+            pieces.append(delta)
+            stream.cancel()
+        got["cancelled"] = {"finish_reason": stream.result.finish_reason, "tokens": len(stream.result.token_ids),
+                            "pieces": len(pieces), "engine_busy": engine.has_unfinished_requests()}
         result = loaded.model.generate_rows(loaded.template, [row], [greedy_params(steps)])[0]
         got["image"] = {"tokens": result.token_ids, "logprobs": [step["logprob"] for step in result.logprobs]}
     return got
@@ -169,6 +179,10 @@ def test_merged_export_loads_in_vllm_and_answers_as_transformers(family, tmp_pat
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"vLLM on the merged {family} ({want['architecture']}):\n{done.stderr[-3000:]}"
     got = json.loads(done.stdout.strip().splitlines()[-1])
+    if picture:
+        cancelled = got["cancelled"]
+        assert cancelled["finish_reason"] == "cancelled" and 1 <= cancelled["pieces"] and cancelled["tokens"] < 1000
+        assert not cancelled["engine_busy"], cancelled
     pairs = [("text", got, want)] + ([("image", got["image"], want["image"])] if picture else [])
     for prompt, got_steps, want_steps in pairs:
         assert got_steps["tokens"] == want_steps["tokens"] and want_steps["tokens"], (family, prompt)
