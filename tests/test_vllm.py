@@ -382,6 +382,20 @@ def test_json_object_and_logit_bias_on_vllm_as_on_pt(lane):
 
 
 @pytest.mark.slow
+def test_streamed_logprobs_come_with_each_chunk_on_vllm(lane):
+    server = lane["vllm_merged"]
+    ask = {"model": server.models()[0], "messages": PROMPTS["text"], "max_tokens": 8, "temperature": 0,
+           "logprobs": True, "top_logprobs": 2}
+    whole = server.chat(ask).json()["choices"][0]["logprobs"]["content"]
+    chunks = [c for c in stream_chat(server, ask) if c["choices"]]
+    with_text = [c for c in chunks if c["choices"][0]["delta"].get("content")]
+    assert len(with_text) > 2 and all(c["choices"][0]["logprobs"]["content"] for c in with_text)
+    steps = [step for c in chunks if c["choices"][0].get("logprobs") for step in c["choices"][0]["logprobs"]["content"]]
+    assert [s["token"] for s in steps] == [s["token"] for s in whole]  # each token once, in order
+    assert all(abs(a["logprob"] - b["logprob"]) <= 1e-5 for a, b in zip(steps, whole))
+
+
+@pytest.mark.slow
 def test_forced_tool_calls_on_vllm(lane):
     server = lane["vllm_adapter"]
     ask = {"model": server.models()[0], "messages": [{"role": "user", "content": "weather in Paris?"}],

@@ -367,6 +367,7 @@ class VllmEngine:
         self.metrics = metrics
         self.incoming: collections.deque = collections.deque()
         self.running: dict = {}  # vLLM request id -> (stream, choice, RowResult)
+        self.streamed_logprobs: dict = {}  # vLLM request id -> how many of its logprobs went out with deltas
         self.condition = threading.Condition()
         self.stopping = False
         self.draining = False
@@ -424,6 +425,7 @@ class VllmEngine:
         return len(self.incoming)
 
     def _work(self) -> None:
+        from swiftlite.engine.generate import TextDelta
         from swiftlite.engine.worker import ChoiceFinished, EngineFailed, TokenDelta
 
         engine = self.model.engine
@@ -442,6 +444,7 @@ class VllmEngine:
             if cancelled:
                 engine.abort_request(cancelled)
                 for rid in cancelled:
+                    self.streamed_logprobs.pop(rid, None)
                     stream, choice, result = self.running.pop(rid)
                     result.finish_reason = "cancelled"
                     stream.put(ChoiceFinished(choice, result))
@@ -456,6 +459,7 @@ class VllmEngine:
                 for stream in {id(s): s for s, _, _ in self.running.values()}.values():
                     stream.put(EngineFailed(f"generation failed: {type(error).__name__}: {error}"))
                 self.running.clear()
+                self.streamed_logprobs.clear()
                 continue
             finally:
                 if self.metrics is not None:
@@ -465,10 +469,16 @@ class VllmEngine:
                 if entry is None:
                     continue
                 stream, choice, result = entry
+                sent = self.streamed_logprobs.pop(output.request_id, 0)
                 text = self.model.absorb(result, output, stream.request.params[choice].top_logprobs)
                 if text:
-                    stream.put(TokenDelta(choice, text))
-                if output.finished:
+                    # Each chunk carries its tokens' logprobs (and those of steps whose text was held back, an
+                    # incomplete UTF-8 tail), as the pt engines' TextDelta does.
+                    stream.put(TokenDelta(choice, TextDelta(text, result.logprobs[sent:])))
+                    sent = len(result.logprobs)
+                if not output.finished:
+                    self.streamed_logprobs[output.request_id] = sent
+                else:
                     del self.running[output.request_id]
                     if self.metrics is not None:
                         self.metrics.tokens(result.prompt_tokens, len(result.token_ids))
