@@ -396,6 +396,26 @@ def test_streamed_logprobs_come_with_each_chunk_on_vllm(lane):
 
 
 @pytest.mark.slow
+def test_echo_with_logprobs_on_vllm_as_on_pt(lane):
+    # /v1/completions echo: the prompt's own logprobs come first (the first token has none), as pt scores them.
+    answers = []
+    for server in (lane["pt"], lane["vllm_merged"]):
+        response = httpx.post(f"{server.url}/v1/completions", timeout=120, json={
+            "model": server.models()[0], "prompt": "what colour is it?", "max_tokens": 3, "temperature": 0,
+            "echo": True, "logprobs": 2})
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["choices"][0])
+    want, got = answers
+    assert got["text"] == want["text"] and got["text"].startswith("what colour is it?")
+    assert got["logprobs"]["tokens"] == want["logprobs"]["tokens"] and len(got["logprobs"]["tokens"]) >= 5
+    assert got["logprobs"]["token_logprobs"][0] is None
+    for a, b in zip(got["logprobs"]["token_logprobs"][1:], want["logprobs"]["token_logprobs"][1:]):
+        assert abs(a - b) <= LOGPROB_ATOL
+    assert [sorted(top) for top in got["logprobs"]["top_logprobs"][1:]] == \
+        [sorted(top) for top in want["logprobs"]["top_logprobs"][1:]]
+
+
+@pytest.mark.slow
 def test_forced_tool_calls_on_vllm(lane):
     server = lane["vllm_adapter"]
     ask = {"model": server.models()[0], "messages": [{"role": "user", "content": "weather in Paris?"}],

@@ -105,7 +105,7 @@ class VllmModel:
         lora = self.lora_requests.get(adapter) if adapter else None
         self.engine.add_request(request_id, prompt, to_vllm_params(params, self.stop_token_ids), lora_request=lora)
 
-    def absorb(self, result, output, top_n: int = 0) -> str:
+    def absorb(self, result, output, top_n: int = 0, prompt_top_n: int = 0) -> str:
         """Add one step's delta of a vLLM RequestOutput to a RowResult; returns the new text.
 
         The finished row is made the pt backend's: the end-of-turn token that stopped it is not part of the
@@ -117,10 +117,12 @@ class VllmModel:
         result.token_ids.extend(completion.token_ids)
         result.text += delta
         for token_id, step in zip(completion.token_ids, completion.logprobs or []):
-            # vLLM returns the top k and the chosen token (ranked k+1 or lower when sampled from further down).
-            top = sorted(((tid, lp.logprob) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_n),
-                         key=lambda item: -item[1])
-            result.logprobs.append({"token_id": token_id, "logprob": step[token_id].logprob, "top": top})
+            result.logprobs.append({"token_id": token_id, "logprob": step[token_id].logprob, "top": top_of(step, top_n)})
+        if output.prompt_logprobs and not result.prompt_logprobs:  # echo with logprobs: in the first output only
+            ids = output.prompt_token_ids
+            result.prompt_logprobs = [{"token_id": ids[0], "logprob": None, "top": []}] + [
+                {"token_id": token_id, "logprob": step[token_id].logprob, "top": top_of(step, prompt_top_n)}
+                for token_id, step in zip(ids[1:], output.prompt_logprobs[1:])]
         if not output.finished:
             return delta
         reason = completion.finish_reason
@@ -160,7 +162,8 @@ class VllmModel:
             for output in self.engine.step():
                 if output.request_id in ids:
                     index = ids[output.request_id]
-                    delta = self.absorb(results[index], output, params[index].top_logprobs)
+                    delta = self.absorb(results[index], output, params[index].top_logprobs,
+                                        params[index].prompt_logprobs or 0)
                     if delta and on_delta is not None:
                         on_delta(index, delta)
                     if output.finished:
@@ -186,6 +189,14 @@ class VllmStreamingGeneration(StreamingGeneration):
             self._deltas.put(None)
 
 
+def top_of(step: dict, top_n: int) -> list[tuple[int, float]]:
+    """The top_n (token id, logprob) of one vLLM logprobs step, best first.
+
+    vLLM returns the top k and the chosen token (ranked k+1 or lower when sampled from further down)."""
+    return sorted(((tid, lp.logprob) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_n),
+                  key=lambda item: -item[1])
+
+
 def collapse_runs(ids: list[int], token_id) -> list[int]:
     """[a, P, P, P, b] -> [a, P, b] for the placeholder token P."""
     return [t for i, t in enumerate(ids) if not (t == token_id and i > 0 and ids[i - 1] == token_id)]
@@ -207,6 +218,7 @@ def to_vllm_params(params, stop_token_ids=()):
         stop=list(params.stop) or None,
         stop_token_ids=sorted(set(params.stop_token_ids) | set(stop_token_ids)) or None,
         logprobs=params.top_logprobs if params.logprobs else None,
+        prompt_logprobs=params.prompt_logprobs,  # completions' echo with logprobs
         output_kind=RequestOutputKind.DELTA,  # each step brings only the new tokens
         skip_special_tokens=False,  # as the pt backend decodes
         logit_bias=dict(params.logit_bias) or None,
@@ -470,7 +482,8 @@ class VllmEngine:
                     continue
                 stream, choice, result = entry
                 sent = self.streamed_logprobs.pop(output.request_id, 0)
-                text = self.model.absorb(result, output, stream.request.params[choice].top_logprobs)
+                params = stream.request.params[choice]
+                text = self.model.absorb(result, output, params.top_logprobs, params.prompt_logprobs or 0)
                 if text:
                     # Each chunk carries its tokens' logprobs (and those of steps whose text was held back, an
                     # incomplete UTF-8 tail), as the pt engines' TextDelta does.
