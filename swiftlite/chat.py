@@ -236,31 +236,31 @@ class ChatSession:
 
     def answer(self, loaded, row: dict) -> str | None:
         """Print the answer (streamed or whole) and the separator; None when Ctrl-C stopped it."""
-        from swiftlite.engine.generate import generate
         from swiftlite.infer_api import StreamingGeneration, quiet_generation_flag_warning
 
         quiet_generation_flag_warning()
         params = self.make_params()
-        if not self.stream:
-            try:
-                response = generate(loaded.model, loaded.template, [row], [params])[0].text
-            except KeyboardInterrupt:
-                self.write("\n")
-                self.info("Answer interrupted: this turn is not kept.")
-                return None
-            self.write(f"{response}\n{SEPARATOR}\n")
-            return response
-        generation = StreamingGeneration(loaded.model, loaded.template, row, params)
+        # The engine behind the chat: vLLM's (--infer_backend vllm: its model streams a row itself), else
+        # transformers' generate in a thread. Both yield text deltas and stop at cancel().
+        stream_row = getattr(loaded.model, "stream_row", None)
+        if stream_row is not None:
+            generation = stream_row(loaded.template, row, params)
+        else:
+            generation = StreamingGeneration(loaded.model, loaded.template, row, params)
         response = ""
         try:
             for delta in generation:
                 response += delta
-                self.write(delta)
+                if self.stream:
+                    self.write(delta)
         except KeyboardInterrupt:
             generation.cancel()
             self.write("\n")
             self.info("Answer interrupted: this turn is not kept.")
             return None
+        if not self.stream:
+            response = generation.result.text
+            self.write(response)
         self.write(f"\n{SEPARATOR}\n")
         return response
 

@@ -62,7 +62,7 @@ def infer(
     result_path: Annotated[str | None, opt("result_path", "Write the results to this .jsonl file instead (appended to "
                                            "when it exists; ms-swift 3.x/4.x).")] = None,
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
-                                      "transformers; vllm: generation with vLLM, for --val_dataset runs "
+                                      "transformers; vllm: generation with vLLM, in the chat and over --val_dataset "
                                       "(docs/infer.md#vllm).")] = "pt",
     tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", "vLLM: GPUs one model is split over.")] = 1,
     gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", "vLLM: share of GPU memory it may take.")] = 0.9,
@@ -104,22 +104,25 @@ def infer(
     load = dict(target.load_kwargs, dtype=dtype, device_map=device_map, use_hf=use_hf, system=system,
                 max_pixels=max_pixels, template_type=template_type)
 
-    if interactive and infer_backend == "vllm":
-        raise UserError("--infer_backend vllm runs datasets (--val_dataset FILE); chat with --infer_backend pt, or "
-                        "serve with `mm deploy --infer_backend vllm`")
+    if infer_backend == "vllm":
+        load.pop("device_map")  # vLLM places the model itself (--tensor_parallel_size)
+        load["options"] = vllm_options
     if interactive:
-        run_chat(target, load, sampling, stop_words, stream, writer)
-    elif infer_backend == "vllm":
+        run_chat(target, load, sampling, stop_words, stream, writer, infer_backend)
+    else:
+        loaded = load_model(infer_backend, load)
+        run_batch(loaded, rows, sampling, stop_words, max_batch_size, writer, verbose, strict, skipped)
+
+
+def load_model(infer_backend: str, load: dict):
+    """load_for_inference (pt: transformers), or load_for_vllm (vllm: its engine in place of the model)."""
+    if infer_backend == "vllm":
         from swiftlite.engine.vllm_engine import load_for_vllm
 
-        load.pop("device_map")  # vLLM places the model itself (--tensor_parallel_size)
-        loaded = load_for_vllm(**load, options=vllm_options)
-        run_batch(loaded, rows, sampling, stop_words, max_batch_size, writer, verbose, strict, skipped)
-    else:
-        from swiftlite.models.checkpoint import load_for_inference
+        return load_for_vllm(**load)
+    from swiftlite.models.checkpoint import load_for_inference
 
-        loaded = load_for_inference(**load)
-        run_batch(loaded, rows, sampling, stop_words, max_batch_size, writer, verbose, strict, skipped)
+    return load_for_inference(**load)
 
 
 # ---- flags -----------------------------------------------------------------------------------------------
@@ -301,7 +304,8 @@ class ResultWriter:
 
 
 # ---- interactive -----------------------------------------------------------------------------------------
-def run_chat(target: Target, load: dict, sampling: dict, stop_words, stream: bool, writer) -> None:
+def run_chat(target: Target, load: dict, sampling: dict, stop_words, stream: bool, writer,
+             infer_backend: str = "pt") -> None:
     from swiftlite.chat import ChatSession
 
     if sys.stdin.isatty():
@@ -309,7 +313,14 @@ def run_chat(target: Target, load: dict, sampling: dict, stop_words, stream: boo
             import readline  # noqa: F401  (line editing and arrow-key history for input())
         except ImportError:  # pragma: no cover - not on every platform
             pass
-    loader = BackgroundLoad(load)  # the model loads while the user types the first question
+    if infer_backend == "vllm":
+        import os
+
+        # vLLM logs its start-up (dozens of INFO lines) to stdout, set up inside the engine's start, where the
+        # chat's answers go and the user types: its warnings only, on stderr (either variable set wins).
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    loader = BackgroundLoad(load, infer_backend)  # the model loads while the user types the first question
     state = {}
 
     def make_params():
@@ -331,13 +342,14 @@ def run_chat(target: Target, load: dict, sampling: dict, stop_words, stream: boo
 
 
 class BackgroundLoad:
-    """load_for_inference in a thread. Its log lines and warnings are held back (they would land in the middle
+    """load_model (transformers' or vLLM's) in a thread. Its log lines and warnings are held back (they would land in the middle
     of what the user is typing) and printed when the model is first needed; a failure is raised then."""
 
-    def __init__(self, load: dict):
+    def __init__(self, load: dict, infer_backend: str = "pt"):
         import threading
 
         self.load = load
+        self.infer_backend = infer_backend
         self.loaded = None
         self.error: BaseException | None = None
         self.messages: list[str] = []
@@ -364,9 +376,7 @@ class BackgroundLoad:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("default")
-                    from swiftlite.models.checkpoint import load_for_inference
-
-                    self.loaded = load_for_inference(**self.load)
+                    self.loaded = load_model(self.infer_backend, self.load)
                 held += [f"{w.category.__name__}: {w.message}" for w in caught]
             finally:
                 root.handlers = saved

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from swiftlite.engine.worker import Drains
 from swiftlite.errors import UserError
+from swiftlite.infer_api import StreamingGeneration  # light: no torch, no transformers
 
 logger = logging.getLogger("swiftlite.engine")
 
@@ -105,7 +106,7 @@ class VllmModel:
         lora = self.lora_requests.get(adapter) if adapter else None
         self.engine.add_request(request_id, prompt, to_vllm_params(params, self.stop_token_ids), lora_request=lora)
 
-    def absorb(self, result, output, top_n: int = 0) -> str:
+    def absorb(self, result, output, top_n: int = 0, prompt_top_n: int = 0) -> str:
         """Add one step's delta of a vLLM RequestOutput to a RowResult; returns the new text.
 
         The finished row is made the pt backend's: the end-of-turn token that stopped it is not part of the
@@ -117,10 +118,12 @@ class VllmModel:
         result.token_ids.extend(completion.token_ids)
         result.text += delta
         for token_id, step in zip(completion.token_ids, completion.logprobs or []):
-            # vLLM returns the top k and the chosen token (ranked k+1 or lower when sampled from further down).
-            top = sorted(((tid, lp.logprob) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_n),
-                         key=lambda item: -item[1])
-            result.logprobs.append({"token_id": token_id, "logprob": step[token_id].logprob, "top": top})
+            result.logprobs.append({"token_id": token_id, "logprob": step[token_id].logprob, "top": top_of(step, top_n)})
+        if output.prompt_logprobs and not result.prompt_logprobs:  # echo with logprobs: in the first output only
+            ids = output.prompt_token_ids
+            result.prompt_logprobs = [{"token_id": ids[0], "logprob": None, "top": []}] + [
+                {"token_id": token_id, "logprob": step[token_id].logprob, "top": top_of(step, prompt_top_n)}
+                for token_id, step in zip(ids[1:], output.prompt_logprobs[1:])]
         if not output.finished:
             return delta
         reason = completion.finish_reason
@@ -136,8 +139,12 @@ class VllmModel:
             result.text = text
         return delta
 
-    def generate_rows(self, template, rows: list[dict], params: list, adapter_names=None):
-        """Blocking: every row to the end (mm infer's batch mode). Returns RowResults in row order."""
+    def generate_rows(self, template, rows: list[dict], params: list, adapter_names=None, on_delta=None,
+                      cancelled=None):
+        """Blocking: every row to the end (mm infer's batch mode and chat). Returns RowResults in row order.
+
+        on_delta(row, text) and cancelled(row) as in engine.generate.generate: the chat streams and stops with them.
+        """
         from swiftlite.engine.generate import RowResult
 
         ids = {}
@@ -146,12 +153,49 @@ class VllmModel:
             ids[request_id] = index
             self.add(request_id, row, row_params, adapter_names[index] if adapter_names else self.default_adapter)
         results = [RowResult(prompt_tokens=len(row["input_ids"])) for row in rows]
-        while self.engine.has_unfinished_requests():
+        while ids and self.engine.has_unfinished_requests():
+            stopped = [request_id for request_id, index in ids.items() if cancelled and cancelled(index)]
+            if stopped:
+                self.engine.abort_request(stopped)
+                for request_id in stopped:
+                    results[ids.pop(request_id)].finish_reason = "cancelled"
+                continue
             for output in self.engine.step():
                 if output.request_id in ids:
                     index = ids[output.request_id]
-                    self.absorb(results[index], output, params[index].top_logprobs)
+                    delta = self.absorb(results[index], output, params[index].top_logprobs,
+                                        params[index].prompt_logprobs or 0)
+                    if delta and on_delta is not None:
+                        on_delta(index, delta)
+                    if output.finished:
+                        del ids[output.request_id]
         return results
+
+    def stream_row(self, template, row: dict, params):
+        """One row generated in a thread, its text deltas iterated as they come (mm infer's chat)."""
+        return VllmStreamingGeneration(self, template, row, params)
+
+
+class VllmStreamingGeneration(StreamingGeneration):
+    """infer_api.StreamingGeneration (iterate deltas, cancel, result) with vLLM's engine generating the row."""
+
+    def _work(self) -> None:
+        try:
+            self.result = self.model.generate_rows(
+                self.template, [self.row], [self.params], on_delta=lambda _row, delta: self._deltas.put(delta),
+                cancelled=lambda _row: self._cancelled.is_set())[0]
+        except BaseException as error:  # handed to the consuming thread
+            self._error = error
+        finally:
+            self._deltas.put(None)
+
+
+def top_of(step: dict, top_n: int) -> list[tuple[int, float]]:
+    """The top_n (token id, logprob) of one vLLM logprobs step, best first.
+
+    vLLM returns the top k and the chosen token (ranked k+1 or lower when sampled from further down)."""
+    return sorted(((tid, lp.logprob) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_n),
+                  key=lambda item: -item[1])
 
 
 def collapse_runs(ids: list[int], token_id) -> list[int]:
@@ -175,9 +219,35 @@ def to_vllm_params(params, stop_token_ids=()):
         stop=list(params.stop) or None,
         stop_token_ids=sorted(set(params.stop_token_ids) | set(stop_token_ids)) or None,
         logprobs=params.top_logprobs if params.logprobs else None,
+        prompt_logprobs=params.prompt_logprobs,  # completions' echo with logprobs
         output_kind=RequestOutputKind.DELTA,  # each step brings only the new tokens
         skip_special_tokens=False,  # as the pt backend decodes
+        logit_bias=dict(params.logit_bias) or None,
+        presence_penalty=params.presence_penalty,  # OpenAI's definitions, as engine/logits.py applies them
+        frequency_penalty=params.frequency_penalty,
+        structured_outputs=structured_outputs(params.grammar) if params.grammar else None,
     )
+
+
+def structured_outputs(grammar: str):
+    """swiftlite's llguidance grammar (engine/logits.py) -> vLLM's StructuredOutputsParams.
+
+    The server compiles response_format and forced tool calls into llguidance's form at the door (where a bad
+    schema is the client's 400 on both backends). That form is one of two texts: a JSON schema, serialized as
+    {"grammars": [{"json_schema": ...}]}, which vLLM takes as `json`; or a Lark grammar (tool_calls.py's forced
+    calls, with llguidance's `%json` rules and special tokens), which vLLM takes as `grammar`. Both go to vLLM's
+    llguidance backend (start_engine), so the same grammar constrains the same tokens as on the pt backend.
+    """
+    import json
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if grammar.lstrip().startswith("{"):
+        parts = json.loads(grammar).get("grammars") or [{}]
+        if len(parts) == 1 and parts[0].get("json_schema") is not None:
+            return StructuredOutputsParams(json=parts[0]["json_schema"])
+        raise ValueError("a structured-output grammar vLLM cannot take: more than a JSON schema")
+    return StructuredOutputsParams(grammar=grammar)
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
@@ -228,6 +298,8 @@ def start_engine(model_dir, dtype: str, adapters: list[tuple[str, str]], options
         tensor_parallel_size=options.tensor_parallel_size, gpu_memory_utilization=options.gpu_memory_utilization,
         max_model_len=options.max_model_len, enforce_eager=options.enforce_eager,
         skip_tokenizer_init=False, trust_remote_code=False,
+        # llguidance, as the pt backend (engine/logits.py): it reads the grammars the server compiled for it.
+        structured_outputs_config={"backend": "guidance"},
     )
     if options.limit_mm_per_prompt:
         kwargs["limit_mm_per_prompt"] = dict(options.limit_mm_per_prompt)
@@ -308,6 +380,7 @@ class VllmEngine(Drains):
         self.metrics = metrics
         self.incoming: collections.deque = collections.deque()
         self.running: dict = {}  # vLLM request id -> (stream, choice, RowResult)
+        self.streamed_logprobs: dict = {}  # vLLM request id -> how many of its logprobs went out with deltas
         self.condition = threading.Condition()
         self.stopping = False
         self.draining = False
@@ -357,6 +430,7 @@ class VllmEngine(Drains):
         return len(self.incoming)
 
     def _work(self) -> None:
+        from swiftlite.engine.generate import TextDelta
         from swiftlite.engine.worker import ChoiceFinished, EngineFailed, TokenDelta
 
         engine = self.model.engine
@@ -375,6 +449,7 @@ class VllmEngine(Drains):
             if cancelled:
                 engine.abort_request(cancelled)
                 for rid in cancelled:
+                    self.streamed_logprobs.pop(rid, None)
                     stream, choice, result = self.running.pop(rid)
                     result.finish_reason = "cancelled"
                     stream.put(ChoiceFinished(choice, result))
@@ -389,6 +464,7 @@ class VllmEngine(Drains):
                 for stream in {id(s): s for s, _, _ in self.running.values()}.values():
                     stream.put(EngineFailed(f"generation failed: {type(error).__name__}: {error}"))
                 self.running.clear()
+                self.streamed_logprobs.clear()
                 continue
             finally:
                 if self.metrics is not None:
@@ -398,10 +474,17 @@ class VllmEngine(Drains):
                 if entry is None:
                     continue
                 stream, choice, result = entry
-                text = self.model.absorb(result, output, stream.request.params[choice].top_logprobs)
+                sent = self.streamed_logprobs.pop(output.request_id, 0)
+                params = stream.request.params[choice]
+                text = self.model.absorb(result, output, params.top_logprobs, params.prompt_logprobs or 0)
                 if text:
-                    stream.put(TokenDelta(choice, text))
-                if output.finished:
+                    # Each chunk carries its tokens' logprobs (and those of steps whose text was held back, an
+                    # incomplete UTF-8 tail), as the pt engines' TextDelta does.
+                    stream.put(TokenDelta(choice, TextDelta(text, result.logprobs[sent:])))
+                    sent = len(result.logprobs)
+                if not output.finished:
+                    self.streamed_logprobs[output.request_id] = sent
+                else:
                     del self.running[output.request_id]
                     if self.metrics is not None:
                         self.metrics.tokens(result.prompt_tokens, len(result.token_ids))
