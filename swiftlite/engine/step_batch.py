@@ -30,6 +30,16 @@ PER_ROW_FAMILIES = {"mllama": "its cross-attention layers keep a cache of their 
 POSITION_OFFSET = {"paligemma": 1}  # the position of a prompt's first token
 
 
+def cache_keyword(model) -> str:
+    """The forward's name for the KV cache: `cache` since transformers 5.20, `past_key_values` before (vLLM's
+    pins keep 5.19, and users may run either). Asked of the transformers model under a peft wrapper, whose own
+    forward passes everything on as **kwargs."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def per_row_reason(model) -> str | None:
     """Why this model cannot decode in one padded batch (None: it can)."""
     config = getattr(model, "config", None)
@@ -101,8 +111,9 @@ class DecodeBatch:
         if mrope:
             positions = positions[None].expand(3, -1, -1)
         try:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
-                           use_cache=True, **extra).logits[:, -1].float()
+            extra = {**extra, cache_keyword(model): self.cache}
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                           **extra).logits[:, -1].float()
         except BaseException:
             # The layers before the failure appended this step's keys and values: cut them, so that the rows
             # that go on find every layer as long as their mask.
@@ -164,7 +175,8 @@ def prefill(engine, row, on_delta, cancelled):
         setattr(module, name, None)
     cache = DynamicCache(config=engine.inner.config)
     with torch.inference_mode():
-        logits = engine.model(**batch, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        logits = engine.model(**batch, **{cache_keyword(engine.model): cache}, use_cache=True,
+                              logits_to_keep=1).logits[:, -1].float()
     delta = next((value for module, name in engine.state_holders
                   if (value := getattr(module, name)) is not None), None)
     offset = POSITION_OFFSET.get(getattr(engine.inner.config, "model_type", None), 0)
