@@ -12,13 +12,14 @@ Open http://HOST:PORT/ in a browser for a chat page (images, audio, streaming; d
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
 
 from swiftlite.errors import UserError
 from swiftlite.options import flag, opt
+from swiftlite.server.flags import DeployFlags, ServerFlags, parse_limit_mm, parse_lora_modules
 
 S = "Server: "  # help prefixes that group the flags in --help
 L = "Limits: "
@@ -101,75 +102,25 @@ def deploy(
                                                   "other sites, e.g. https://app.example.com or '*' (default: no "
                                                   "CORS headers).")] = None,
 ) -> None:
-    from swiftlite.infer import check_infer_backend
-
-    infer_backend = check_infer_backend(infer_backend)
-    vllm_options = vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_model_len,
-                              limit_mm_per_prompt, enforce_eager)
-    ckpt_dir, lora_modules = split_adapters(adapters, ckpt_dir, lora_modules)
-    check_flags(locals())
-    sock = listen(host, port)  # before the load, which can take minutes: a busy port fails at once
-    app = build_app(
-        model_type=model_type, model=model, ckpt_dir=ckpt_dir, template_type=template_type, system=system, dtype=dtype,
-        device_map=device_map, use_hf=use_hf, max_pixels=max_pixels, api_key=api_key,
-        served_model_name=served_model_name, lora_modules=lora_modules, max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
-        engine=engine, max_num_batched_tokens=max_num_batched_tokens, merge_lora=merge_lora,
-        max_model_len=max_model_len, max_new_tokens=max_new_tokens, max_request_bytes=max_request_bytes,
-        limit_mm_per_prompt=limit_mm_per_prompt, allowed_local_media_path=allowed_local_media_path,
-        media_fetch=media_fetch, media_fetch_timeout=media_fetch_timeout, max_media_bytes=max_media_bytes,
-        web_ui=web_ui, allowed_media_domains=allowed_media_domains, allowed_hosts=allowed_hosts,
-        cors_origins=cors_origins, host=host, request_timeout=request_timeout, infer_backend=infer_backend,
-        vllm_options=vllm_options,
-    )
-    serve(app, sock, host, log_level, shutdown_timeout, ssl_keyfile, ssl_certfile, api_key)
+    flags = resolve_flags(DeployFlags.from_dict(locals()))  # the flags, typed and grouped, from here down
+    vllm_options = vllm_flags(flags.engine.infer_backend, flags.vllm.tensor_parallel_size,
+                              flags.vllm.gpu_memory_utilization, flags.limits.max_model_len,
+                              flags.limits.limit_mm_per_prompt, flags.vllm.enforce_eager)
+    flags.check()
+    # Bound before the load, which can take minutes: a busy port fails at once.
+    sock = listen(flags.server.host, flags.server.port)
+    serve(load_app(flags, vllm_options), sock, flags.server)
 
 
 # ---- flags -----------------------------------------------------------------------------------------------
-def check_flags(flags: dict) -> None:
-    """Fail on a bad flag before loading anything (the load can take minutes)."""
-    from swiftlite.models.loading import DTYPE_ALIASES
+def resolve_flags(flags: DeployFlags) -> DeployFlags:
+    """The flags as served: --infer_backend by its canonical name, --adapters split into --ckpt_dir/--lora_modules."""
+    from swiftlite.infer import check_infer_backend
 
-    if flags["engine"] not in ("step", "static"):
-        raise UserError(f"--engine {flags['engine']}: expected step or static")
-    if flags["engine"] == "static" and flags["max_num_batched_tokens"] is not None:
-        raise UserError("--max_num_batched_tokens needs --engine step (the static engine admits by rows only)")
-    positive = ("max_batch_size", "max_queue", "max_num_batched_tokens", "max_new_tokens", "max_request_bytes",
-                "max_media_bytes", "media_fetch_timeout", "request_timeout")
-    for name in positive:
-        if flags[name] is not None and flags[name] <= 0:
-            raise UserError(f"--{name} {flags[name]}: expected a positive number")
-    for name in ("batch_wait_ms", "shutdown_timeout"):
-        if flags[name] < 0:
-            raise UserError(f"--{name} {flags[name]}: expected a number >= 0")
-    if flags["max_model_len"] is not None and flags["max_model_len"] < 2:
-        raise UserError(f"--max_model_len {flags['max_model_len']}: expected at least 2 tokens")
-    if not 0 <= flags["port"] <= 65535:
-        raise UserError(f"--port {flags['port']}: expected 0 to 65535")
-    if flags["api_key"] is not None and not flags["api_key"].strip():
-        raise UserError("--api_key is empty: give a secret, or leave the flag out for an open server")
-    if bool(flags["ssl_keyfile"]) != bool(flags["ssl_certfile"]):
-        raise UserError("--ssl_keyfile and --ssl_certfile go together: give both for HTTPS, or neither")
-    for name in ("ssl_keyfile", "ssl_certfile"):
-        if flags[name] and not Path(flags[name]).is_file():
-            raise UserError(f"--{name} {flags[name]}: no such file")
-    if flags["log_level"] not in ("critical", "error", "warning", "info", "debug", "trace"):
-        raise UserError(f"--log_level {flags['log_level']}: expected critical, error, warning, info or debug")
-    if flags["dtype"].lower() != "auto" and flags["dtype"].lower() not in DTYPE_ALIASES:
-        raise UserError(f"--dtype {flags['dtype']}: expected auto, bf16, fp16 or fp32")
-    parse_lora_modules(flags["lora_modules"])
-    parse_limit_mm(flags["limit_mm_per_prompt"])
-    for name in ("allowed_media_domains", "allowed_hosts"):
-        for value in flags[name] or []:
-            if not value or any(char.isspace() or char in "/@" for char in value):
-                raise UserError(f"--{name} {value!r}: expected a host name (no scheme, no path), such as "
-                                "media.example.com")
-    for value in flags["cors_origins"] or []:
-        if value != "*" and not value.startswith(("http://", "https://")):
-            raise UserError(f"--cors_origins {value!r}: expected an origin such as https://app.example.com, or '*'")
-    media_dir = flags["allowed_local_media_path"]
-    if media_dir is not None and not Path(media_dir).expanduser().is_dir():
-        raise UserError(f"--allowed_local_media_path {media_dir}: no such directory")
+    engine = dataclasses.replace(flags.engine, infer_backend=check_infer_backend(flags.engine.infer_backend))
+    ckpt_dir, lora_modules = split_adapters(flags.model.adapters, flags.model.ckpt_dir, flags.model.lora_modules)
+    model = dataclasses.replace(flags.model, ckpt_dir=ckpt_dir, lora_modules=lora_modules, adapters=None)
+    return dataclasses.replace(flags, model=model, engine=engine)
 
 
 def vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_model_len, limit_mm_per_prompt,
@@ -202,51 +153,21 @@ def split_adapters(adapters: list[str] | None, ckpt_dir: str | None, lora_module
     return (plain[0] if plain else ckpt_dir), (list(lora_modules or []) + named) or None
 
 
-def parse_lora_modules(values: list[str] | None) -> list[tuple[str, str]]:
-    modules, names = [], set()
-    for value in values or []:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"--lora_modules {value}: expected NAME=DIR, e.g. --lora_modules "
-                            "style=output/checkpoint-50")
-        if name in names:
-            raise UserError(f"--lora_modules: the name {name!r} is given twice")
-        if not (Path(path).expanduser() / "adapter_config.json").is_file():
-            raise UserError(f"--lora_modules {value}: {path} holds no adapter_config.json (not a LoRA checkpoint)")
-        names.add(name)
-        modules.append((name, str(Path(path).expanduser().resolve())))
-    return modules
-
-
-def parse_limit_mm(value: str | None) -> dict[str, int]:
-    """'image=4,audio=1' (vLLM's older spelling) or '{"image": 4}' (JSON, as vLLM and Xinference take it)."""
-    if not value:
-        return {}
-    try:
-        pairs = json.loads(value).items() if value.strip().startswith("{") else \
-            [item.split("=", 1) for item in value.split(",") if item.strip()]
-        limits = {str(kind).strip(): int(count) for kind, count in pairs}
-    except (ValueError, AttributeError, json.JSONDecodeError):
-        raise UserError(f"--limit_mm_per_prompt {value}: expected image=N,audio=M or JSON like "
-                        "'{\"image\": 4}'") from None
-    for kind, count in limits.items():
-        if kind not in ("image", "audio"):
-            raise UserError(f"--limit_mm_per_prompt {value}: unknown kind {kind!r} (expected image or audio)")
-        if count < 0:
-            raise UserError(f"--limit_mm_per_prompt {value}: {kind}={count} must be >= 0")
-    return limits
-
-
 # ---- load and assemble -----------------------------------------------------------------------------------
-def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, system=None, dtype="auto",
-              device_map=None, use_hf=None, max_pixels=None, api_key=None, served_model_name=None,
-              lora_modules=None, max_batch_size=16, batch_wait_ms=50.0, max_queue=256, shutdown_timeout=10.0,
-              max_model_len=None, max_new_tokens=2048, max_request_bytes=32 * 1024 * 1024, limit_mm_per_prompt=None,
-              allowed_local_media_path=None, media_fetch=True, media_fetch_timeout=10.0,
-              max_media_bytes=20 * 1024 * 1024, web_ui=True, allowed_media_domains=None, allowed_hosts=None,
-              cors_origins=None, host="127.0.0.1", request_timeout=30.0, infer_backend="pt", vllm_options=None,
-              engine="step", max_num_batched_tokens=None, merge_lora=True):
-    """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn)."""
+def build_app(vllm_options=None, **options):
+    """Load the model and its adapters, start nothing yet, and return the starlette app (`mm deploy` minus uvicorn).
+
+    Python API: takes the flags of `mm deploy` as keyword arguments (defaults as on the command line; those of
+    listening, TLS and logging are unused here) and vLLM's engine options as `vllm_options` (a VllmOptions).
+    """
+    import inspect
+
+    defaults = {name: parameter.default for name, parameter in inspect.signature(deploy).parameters.items()}
+    return load_app(resolve_flags(DeployFlags.from_dict({**defaults, **options})), vllm_options)
+
+
+def load_app(flags: DeployFlags, vllm_options=None):
+    """The app of `build_app`, from the flags (checked by `mm deploy`, taken as given by the Python API)."""
     from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine
     from swiftlite.media import MediaPolicy
@@ -255,34 +176,39 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
     from swiftlite.server.metrics import Metrics
     from swiftlite.server.protocol import RequestLimits
 
+    what, batching, media, server = flags.model, flags.engine, flags.media, flags.server
     # 1. What requests may read: local files only under --allowed_local_media_path, URLs unless refused.
-    media_dir = str(Path(allowed_local_media_path).expanduser().resolve()) if allowed_local_media_path else None
+    local = media.allowed_local_media_path
+    media_dir = str(Path(local).expanduser().resolve()) if local else None
     # URLs: public addresses only, or only the --allowed_media_domains hosts (docs/deploy.md, "Security").
-    policy = MediaPolicy(allowed_local_dir=media_dir, allow_local=media_dir is not None, allow_urls=media_fetch,
-                         fetch_timeout=media_fetch_timeout, max_bytes=max_media_bytes, base_dir=media_dir,
+    policy = MediaPolicy(allowed_local_dir=media_dir, allow_local=media_dir is not None, allow_urls=media.media_fetch,
+                         fetch_timeout=media.media_fetch_timeout, max_bytes=media.max_media_bytes, base_dir=media_dir,
                          public_urls_only=True, max_aspect_ratio=200,
-                         allowed_media_domains=tuple(allowed_media_domains) if allowed_media_domains else None)
-    adapters = parse_lora_modules(lora_modules)
+                         allowed_media_domains=tuple(media.allowed_media_domains) if media.allowed_media_domains
+                         else None)
+    adapters = parse_lora_modules(what.lora_modules)
 
     # 2. The model, its template and the adapters: the model's own name, then each --lora_modules name.
-    if infer_backend == "vllm":  # vLLM loads the weights, and the adapters through its own LoRA
+    on_vllm = batching.infer_backend == "vllm"
+    if on_vllm:  # vLLM loads the weights, and the adapters through its own LoRA
         from swiftlite.engine.vllm_engine import load_for_vllm
 
-        loaded = load_for_vllm(model_type, model, ckpt_dir, dtype, use_hf, system, max_pixels, policy, template_type,
+        loaded = load_for_vllm(what.model_type, what.model, what.ckpt_dir, what.dtype, what.use_hf, what.system,
+                               what.max_pixels, policy, what.template_type,
                                [(f"lora{index}", path) for index, (_, path) in enumerate(adapters)], vllm_options)
     else:
-        loaded = load_for_inference(model_type, model, ckpt_dir, dtype, device_map, use_hf, system, max_pixels,
-                                    policy, template_type)
+        loaded = load_for_inference(what.model_type, what.model, what.ckpt_dir, what.dtype, what.device_map,
+                                    what.use_hf, what.system, what.max_pixels, policy, what.template_type)
     # Decompression bombs: a header declaring more pixels than 4x what the model takes is refused undecoded.
     policy.max_image_pixels = max(4 * (model_max_pixels(loaded.template) or 0), 4096 * 4096)
-    name = served_model_name or loaded.resolved.model_type
+    name = what.served_model_name or loaded.resolved.model_type
     is_chat = bool(loaded.template.chat_template) and loaded.resolved.is_chat
     is_multimodal = any(kind in loaded.resolved.family.modalities for kind in ("image", "audio", "video"))
     root = str(loaded.checkpoint.ckpt_dir) if loaded.checkpoint else str(loaded.resolved.model_dir)
     modalities = tuple(loaded.resolved.family.modalities)
     model_object = loaded.model
     served_adapter = "default" if loaded.adapters else None  # vLLM's LoRA, or peft's adapter named "default"
-    if infer_backend != "vllm" and merge_lora and loaded.adapters and not adapters and mergeable(model_object):
+    if not on_vllm and what.merge_lora and loaded.adapters and not adapters and mergeable(model_object):
         # One adapter and no base model to serve beside it: merged weights skip peft's LoRA layers at every step.
         model_object = model_object.merge_and_unload()
         model_object.eval()
@@ -292,7 +218,7 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
         if adapter_name == name:
             raise UserError(f"--lora_modules {adapter_name}={path}: the name is the served model's own; choose another")
         internal = f"lora{index}"  # peft adapter names become module keys: keep users' names (dots...) out of them
-        if infer_backend != "vllm":
+        if not on_vllm:
             model_object = load_adapter(model_object, path, internal, adapter_name)
         else:  # vLLM loads it itself: the same one-line check of its files first
             from swiftlite.models.integrity import check_adapter
@@ -308,25 +234,26 @@ def build_app(model_type=None, model=None, ckpt_dir=None, template_type=None, sy
 
         generation_config = copy.deepcopy(generation_config)
     metrics = Metrics()
-    if infer_backend == "vllm":
+    rows, queue = batching.max_batch_size, batching.max_queue
+    if on_vllm:
         from swiftlite.engine.vllm_engine import VllmEngine
 
-        engine = VllmEngine(model_object, max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
-    elif engine == "static":
-        engine = BatchingEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
-                                batch_wait=batch_wait_ms / 1000, metrics=metrics)
+        engine = VllmEngine(model_object, max_batch_size=rows, max_queue=queue, metrics=metrics)
+    elif batching.engine == "static":
+        engine = BatchingEngine(model_object, loaded.template, max_batch_size=rows, max_queue=queue,
+                                batch_wait=batching.batch_wait_ms / 1000, metrics=metrics)
     else:
-        engine = StepEngine(model_object, loaded.template, max_batch_size=max_batch_size, max_queue=max_queue,
-                            batch_wait=batch_wait_ms / 1000, metrics=metrics,
-                            max_num_batched_tokens=max_num_batched_tokens)
-    limits = RequestLimits(max_batch_size=max_batch_size, limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
-                           max_model_len=max_model_len or model_max_length(loaded.tokenizer),
-                           default_max_tokens=max_new_tokens)
-    settings = ServerSettings(api_key=api_key, max_request_bytes=max_request_bytes, limits=limits,
-                              shutdown_timeout=shutdown_timeout, web_ui=web_ui, bind_host=host,
-                              allowed_hosts=list(allowed_hosts) if allowed_hosts else None,
-                              cors_origins=list(cors_origins) if cors_origins else None,
-                              request_timeout=request_timeout)
+        engine = StepEngine(model_object, loaded.template, max_batch_size=rows, max_queue=queue,
+                            batch_wait=batching.batch_wait_ms / 1000, metrics=metrics,
+                            max_num_batched_tokens=batching.max_num_batched_tokens)
+    limits = RequestLimits(max_batch_size=rows, limit_mm_per_prompt=parse_limit_mm(flags.limits.limit_mm_per_prompt),
+                           max_model_len=flags.limits.max_model_len or model_max_length(loaded.tokenizer),
+                           default_max_tokens=flags.limits.max_new_tokens)
+    settings = ServerSettings(api_key=server.api_key, max_request_bytes=flags.limits.max_request_bytes, limits=limits,
+                              shutdown_timeout=server.shutdown_timeout, web_ui=server.web_ui, bind_host=server.host,
+                              allowed_hosts=list(server.allowed_hosts) if server.allowed_hosts else None,
+                              cors_origins=list(server.cors_origins) if server.cors_origins else None,
+                              request_timeout=server.request_timeout)
     return create_app(engine, loaded.template, served, settings, generation_config, metrics)
 
 
@@ -398,22 +325,21 @@ def listen(host: str, port: int):
     return sock
 
 
-def serve(app, sock, host: str, log_level: str = "info", shutdown_timeout: float = 10.0,
-          ssl_keyfile: str | None = None, ssl_certfile: str | None = None, api_key: str | None = None) -> None:
-    """Run uvicorn on the bound socket until SIGTERM or Ctrl-C; in-flight requests get `shutdown_timeout` seconds."""
+def serve(app, sock, server: ServerFlags) -> None:
+    """Run uvicorn on the bound socket until SIGTERM or Ctrl-C; in-flight requests get --shutdown_timeout seconds."""
     import signal
 
     import uvicorn
 
-    scheme = "https" if ssl_certfile else "http"
+    scheme = "https" if server.ssl_certfile else "http"
     models = ", ".join(m.name for m in app.state.server.models)
-    print(f"[INFO:swiftlite] serving {models} on {scheme}://{host}:{sock.getsockname()[1]}/v1", file=sys.stderr)
+    address = f"{scheme}://{server.host}:{sock.getsockname()[1]}"
+    print(f"[INFO:swiftlite] serving {models} on {address}/v1", file=sys.stderr)
     if app.state.server.settings.web_ui:
-        print(f"[INFO:swiftlite] chat page: {scheme}://{host}:{sock.getsockname()[1]}/ (--web_ui false turns it off)",
-              file=sys.stderr)
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"[WARNING:swiftlite] --host {host} without --api_key: anyone who can reach this port can use the "
-              "model", file=sys.stderr)
+        print(f"[INFO:swiftlite] chat page: {address}/ (--web_ui false turns it off)", file=sys.stderr)
+    if server.api_key is None and server.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"[WARNING:swiftlite] --host {server.host} without --api_key: anyone who can reach this port can use "
+              "the model", file=sys.stderr)
     engine = app.state.server.engine
 
     class DrainingServer(uvicorn.Server):
@@ -422,14 +348,14 @@ def serve(app, sock, host: str, log_level: str = "info", shutdown_timeout: float
 
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
-            engine.drain(shutdown_timeout)
+            engine.drain(server.shutdown_timeout)
 
     # uvicorn's own bound comes a little later than ours: it is for flushing the aborted answers.
     from swiftlite.server.connection import guarded_protocol
 
     # h11 with slow request heads timed out and half-closed clients answered (swiftlite/server/connection.py).
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout + 5,
-                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
+    config = uvicorn.Config(app, log_level=server.log_level, timeout_graceful_shutdown=server.shutdown_timeout + 5,
+                            ssl_keyfile=server.ssl_keyfile, ssl_certfile=server.ssl_certfile,
                             http=guarded_protocol(app.state.server.settings.request_timeout))
     # uvicorn re-raises the signal that stopped it once it has shut down cleanly. With the default handlers
     # that would kill the process (exit 143 for SIGTERM) after a clean shutdown; these make it exit 0.

@@ -4,6 +4,7 @@ calls and shuts down cleanly on SIGTERM (exit 0, in-flight requests finished or 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,61 @@ def test_flag_mistakes_are_one_line(qwen2_vl_dir, args, words):
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mm deploy: error:") and words in lines[0], result.stderr
+
+
+def deploy_defaults() -> dict:
+    import inspect
+
+    from swiftlite.deploy import deploy
+
+    return {name: parameter.default for name, parameter in inspect.signature(deploy).parameters.items()}
+
+
+@pytest.mark.parametrize("group,changes,message", [
+    ("engine", {"engine": "fast"}, "--engine fast: expected step or static"),
+    ("engine", {"engine": "static", "max_num_batched_tokens": 64},
+     "--max_num_batched_tokens needs --engine step (the static engine admits by rows only)"),
+    ("limits", {"max_model_len": 1}, "--max_model_len 1: expected at least 2 tokens"),
+    ("media", {"media_fetch_timeout": 0}, "--media_fetch_timeout 0: expected a positive number"),
+    ("media", {"allowed_media_domains": ["https://x.org"]},
+     "--allowed_media_domains 'https://x.org': expected a host name (no scheme, no path), such as media.example.com"),
+    ("server", {"shutdown_timeout": -1}, "--shutdown_timeout -1: expected a number >= 0"),
+    ("server", {"cors_origins": ["ftp://x.org"]},
+     "--cors_origins 'ftp://x.org': expected an origin such as https://app.example.com, or '*'"),
+    ("model", {"dtype": "int3"}, "--dtype int3: expected auto, bf16, fp16 or fp32"),
+])
+def test_each_flag_group_checks_its_own_flags(group, changes, message):
+    from swiftlite.errors import UserError
+    from swiftlite.server.flags import DeployFlags
+
+    DeployFlags.from_dict(deploy_defaults()).check()  # the defaults pass
+    flags = DeployFlags.from_dict({**deploy_defaults(), **changes})
+    with pytest.raises(UserError) as caught:
+        getattr(flags, group).check()
+    assert str(caught.value) == message
+    with pytest.raises(UserError, match="^" + re.escape(message) + "$"):
+        flags.check()
+
+
+def test_flag_groups_hold_every_deploy_flag_once_and_are_frozen():
+    import dataclasses
+
+    from swiftlite.server.flags import DeployFlags
+
+    flags = DeployFlags.from_dict(deploy_defaults())
+    names = [field.name for group in dataclasses.fields(flags)
+             for field in dataclasses.fields(getattr(flags, group.name))]
+    assert sorted(names) == sorted(deploy_defaults())
+    assert flags.server.port == 8000 and flags.engine.engine == "step" and flags.media.media_fetch is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flags.server.port = 9000
+
+
+def test_build_app_refuses_an_unknown_keyword_before_loading():
+    from swiftlite.deploy import build_app
+
+    with pytest.raises(TypeError, match="unknown \\['modle'\\]"):
+        build_app(modle="/nonexistent")
 
 
 def free_port() -> int:
