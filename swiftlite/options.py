@@ -183,3 +183,18 @@ def python_keywords(function, flags: dict) -> dict:
                             "flag: give one of them")
         result[name], spelled[name] = value, keyword
     return result
+
+
+def flag_groups(cls, values: dict, command: str):
+    """A command's flags as `cls`, a frozen dataclass of frozen dataclass groups (training/flags.py,
+    server/flags.py), from the flat mapping of the command's parameters: each flag in exactly one group."""
+    import dataclasses
+    import typing
+
+    groups = typing.get_type_hints(cls)  # {"model": ModelFlags, ...}
+    names = [field.name for group in groups.values() for field in dataclasses.fields(group)]
+    if set(names) != set(values):
+        raise TypeError(f"{cls.__name__}: expected the flags of {command}; missing "
+                        f"{sorted(set(names) - set(values))}, unknown {sorted(set(values) - set(names))}")
+    return cls(**{name: group(**{field.name: values[field.name] for field in dataclasses.fields(group)})
+                  for name, group in groups.items()})

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from swiftlite.errors import UserError
+from swiftlite.options import flag_groups
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,7 @@ class DeployFlags:
     @classmethod
     def from_dict(cls, values: dict) -> DeployFlags:
         """From the flat mapping of every flag (the parameters of `mm deploy`), each flag exactly once."""
-        groups = typing.get_type_hints(cls)  # {"model": ModelFlags, ...}
-        names = [field.name for group in groups.values() for field in dataclasses.fields(group)]
-        if set(names) != set(values):
-            raise TypeError(f"DeployFlags: expected the flags of mm deploy; missing "
-                            f"{sorted(set(names) - set(values))}, unknown {sorted(set(values) - set(names))}")
-        return cls(**{name: group(**{field.name: values[field.name] for field in dataclasses.fields(group)})
-                      for name, group in groups.items()})
+        return flag_groups(cls, values, "mm deploy")
 
     def check(self) -> None:
         """Fail on a bad flag before loading anything (the load can take minutes)."""

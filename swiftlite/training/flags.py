@@ -9,8 +9,9 @@ default learning rate, a checkpoint found by `--resume_from_checkpoint true`) ma
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
+
+from swiftlite.options import flag_groups
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,7 @@ class SftFlags:
     @classmethod
     def from_dict(cls, values: dict) -> SftFlags:
         """From the flat mapping of every flag (the parameters of `mm sft`), each flag exactly once."""
-        groups = typing.get_type_hints(cls)  # {"model": ModelFlags, ...}
-        names = [field.name for group in groups.values() for field in dataclasses.fields(group)]
-        if set(names) != set(values):
-            raise TypeError(f"SftFlags: expected the flags of mm sft; missing {sorted(set(names) - set(values))}, "
-                            f"unknown {sorted(set(values) - set(names))}")
-        return cls(**{name: group(**{field.name: values[field.name] for field in dataclasses.fields(group)})
-                      for name, group in groups.items()})
+        return flag_groups(cls, values, "mm sft")
 
     def as_dict(self) -> dict:
         """Every flag by name, in the order of `mm sft`'s signature."""
