@@ -403,6 +403,26 @@ def request_settings_only(model):
             target.generation_config = original
 
 
+def prepare_rows(model, template, rows: list[dict], params: list[SamplingParams], stop_ids,
+                 on_delta=None, cancelled=None, extra: dict | None = None):
+    """What every generation of encoded rows starts with (here, and the step engine's prefill): each row's stop
+    tokens, the left-padded batch on the model's device, the rows' tracker and sampler, and the prompt's
+    logprobs where a row asks for them (echo). Returns (batch, tracker, sampler)."""
+    for p in params:
+        p.stop_token_ids = sorted(set(p.stop_token_ids) | set(stop_ids))
+    batch = template.collate(rows, padding_side="left")
+    batch.pop("labels", None)
+    batch = move_batch(batch, model)
+    prompt_lengths = [len(row["input_ids"]) for row in rows]
+    tracker = RowTracker(template.tokenizer, params, prompt_lengths, on_delta, cancelled)
+    tracker.pad_token_id = template.pad_token_id if template.pad_token_id is not None else 0
+    sampler = RowSampler(params, batch["input_ids"].device, tracker, vocab_size(model))
+    if any(p.prompt_logprobs is not None for p in params):
+        for row, scored in enumerate(prompt_logprobs(model, batch, params, prompt_lengths, extra or {})):
+            tracker.results[row].prompt_logprobs = scored
+    return batch, tracker, sampler
+
+
 # Mllama runs its cross-attention layers for every row of a batch that carries images, a text-only row
 # included (over a fully masked filler image, whose uniform attention is still gated into the residual), and
 # skips them for a batch of text rows only. A text row batched beside an image row would be answered otherwise
@@ -443,24 +463,13 @@ def generate(model, template, rows: list[dict], params: list[SamplingParams],
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
     stop_ids = template.stop_token_ids(getattr(model, "generation_config", None))
-    for p in params:
-        p.stop_token_ids = sorted(set(p.stop_token_ids) | set(stop_ids))
-    batch = template.collate(rows, padding_side="left")
-    batch.pop("labels", None)
-    batch = move_batch(batch, model)
-    prompt_lengths = [len(row["input_ids"]) for row in rows]
-    tracker = RowTracker(template.tokenizer, params, prompt_lengths, on_delta, cancelled)
-    tracker.pad_token_id = template.pad_token_id if template.pad_token_id is not None else 0
-    sampler = RowSampler(params, batch["input_ids"].device, tracker, vocab_size(model))
+    batch, tracker, sampler = prepare_rows(model, template, rows, params, stop_ids, on_delta, cancelled, extra)
     config = GenerationConfig(
         max_new_tokens=max(p.max_new_tokens for p in params), do_sample=False, num_beams=1,
         pad_token_id=template.pad_token_id, eos_token_id=None, bos_token_id=None,
     )
-    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    if any(p.prompt_logprobs is not None for p in params):
-        for row, scored in enumerate(prompt_logprobs(model, batch, params, prompt_lengths, extra)):
-            tracker.results[row].prompt_logprobs = scored
     with torch.inference_mode(), request_settings_only(model):
         model.generate(
             **batch, generation_config=config, logits_processor=LogitsProcessorList([sampler]),

@@ -23,7 +23,7 @@ from image rows) and any model whose config declares non-full-attention layers.
 
 from __future__ import annotations
 
-from swiftlite.engine.generate import RowSampler, RowTracker, move_batch, prompt_logprobs, vocab_size
+from swiftlite.engine.generate import prepare_rows
 
 PER_ROW_FAMILIES = {"mllama": "its cross-attention layers keep a cache of their own (the image's)",
                     "gemma3": "its sliding-window layers keep a cache that rolls"}
@@ -56,7 +56,8 @@ def per_row_reason(model) -> str | None:
 class DecodeBatch:
     """The running rows' shared KV cache and attention mask (padding on the left)."""
 
-    def __init__(self):
+    def __init__(self, cache_keyword: str):
+        self.cache_keyword = cache_keyword  # the forward's name for the cache (cache_keyword(), asked once)
         self.rows: list = []
         self.cache = None  # a DynamicCache, batch dimension = self.rows
         self.mask = None  # (rows, cache length) long: 1 where a row has a token
@@ -111,7 +112,7 @@ class DecodeBatch:
         if mrope:
             positions = positions[None].expand(3, -1, -1)
         try:
-            extra = {**extra, cache_keyword(model): self.cache}
+            extra = {**extra, self.cache_keyword: self.cache}
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                            **extra).logits[:, -1].float()
         except BaseException:
@@ -159,23 +160,17 @@ def prefill(engine, row, on_delta, cancelled):
     import torch
     from transformers.cache_utils import DynamicCache
 
-    params, template = row.params, engine.template
-    params.stop_token_ids = sorted(set(params.stop_token_ids) | set(engine.stop_ids))
-    batch = template.collate([row.encoded], padding_side="left")
-    batch.pop("labels", None)
-    batch = move_batch(batch, engine.model)
+    params = row.params
+    batch, tracker, sampler = prepare_rows(engine.model, engine.template, [row.encoded], [params], engine.stop_ids,
+                                           on_delta, cancelled)
     prompt = batch["input_ids"]
-    tracker = RowTracker(template.tokenizer, [params], [prompt.shape[1]], on_delta, cancelled)
     tracker.seen_prompt = True  # no generate() to hand the prompt over first
-    tracker.pad_token_id = template.pad_token_id if template.pad_token_id is not None else 0
-    row.tracker, row.sampler = tracker, RowSampler([params], prompt.device, tracker, vocab_size(engine.model))
-    if params.prompt_logprobs is not None:  # echo with logprobs: the prompt scored, as engine.generate does
-        (tracker.results[0].prompt_logprobs,) = prompt_logprobs(engine.model, batch, [params], [prompt.shape[1]], {})
+    row.tracker, row.sampler = tracker, sampler
     for module, name in engine.state_holders:  # a text row must not take the last image row's M-RoPE delta
         setattr(module, name, None)
     cache = DynamicCache(config=engine.inner.config)
     with torch.inference_mode():
-        logits = engine.model(**batch, **{cache_keyword(engine.model): cache}, use_cache=True,
+        logits = engine.model(**batch, **{engine.batch.cache_keyword: cache}, use_cache=True,
                               logits_to_keep=1).logits[:, -1].float()
     delta = next((value for module, name in engine.state_holders
                   if (value := getattr(module, name)) is not None), None)

@@ -43,9 +43,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from swiftlite.engine.generate import RowResult, RowSampler, RowStopper, RowTracker, SamplingParams, move_batch, \
-    prompt_logprobs, token_ids_only, vocab_size
-from swiftlite.engine.step_batch import BatchedRow, DecodeBatch, per_row_reason, prefill, take_token
+from swiftlite.engine.generate import RowResult, RowSampler, RowStopper, RowTracker, SamplingParams, prepare_rows, \
+    token_ids_only
+from swiftlite.engine.step_batch import BatchedRow, DecodeBatch, cache_keyword, per_row_reason, prefill, \
+    take_token
 from swiftlite.engine.worker import BASE_ADAPTER, BatchingEngine, ChoiceFinished, EngineFailed, RequestStream, \
     TokenDelta
 
@@ -113,7 +114,7 @@ class StepEngine(BatchingEngine):
         self.active_adapter: str | None = None  # unknown until the first row sets it
         self.hook = None
         self.per_row = per_row_reason(self.inner)  # None: decode every running row in one forward (step_batch.py)
-        self.batch = DecodeBatch()
+        self.batch = DecodeBatch(cache_keyword(self.inner))
         if self.per_row:
             logger.info("the step engine runs one row per forward pass: %s", self.per_row)
 
@@ -412,10 +413,6 @@ class StepEngine(BatchingEngine):
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         params = row.params
-        params.stop_token_ids = sorted(set(params.stop_token_ids) | set(self.stop_ids))
-        batch = self.template.collate([row.encoded], padding_side="left")
-        batch.pop("labels", None)
-        batch = move_batch(batch, self.model)
         stream = row.stream
 
         def on_delta(_: int, text: str) -> None:
@@ -425,16 +422,11 @@ class StepEngine(BatchingEngine):
         def cancelled(_: int) -> bool:
             return stream.cancelled or self.aborting
 
-        tracker = RowTracker(self.template.tokenizer, [params], [len(row.encoded["input_ids"])], on_delta, cancelled)
-        pad = self.template.pad_token_id
-        tracker.pad_token_id = pad if pad is not None else 0
-        sampler = RowSampler([params], batch["input_ids"].device, tracker, vocab_size(self.model))
+        batch, tracker, sampler = prepare_rows(self.model, self.template, [row.encoded], [params], self.stop_ids,
+                                               on_delta, cancelled)
         row.tracker, row.sampler = tracker, sampler
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=pad, eos_token_id=None, bos_token_id=None)
-        if params.prompt_logprobs is not None:  # echo with logprobs: the prompt scored, as engine.generate does
-            (tracker.results[0].prompt_logprobs,) = prompt_logprobs(self.model, batch, [params],
-                                                                     [len(row.encoded["input_ids"])], {})
+                                  pad_token_id=self.template.pad_token_id, eos_token_id=None, bos_token_id=None)
         with torch.inference_mode():
             self.model.generate(**batch, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
                                 stopping_criteria=StoppingCriteriaList([RowStopper(tracker)]), streamer=tracker)
