@@ -342,8 +342,9 @@ def run_chat(target: Target, load: dict, sampling: dict, stop_words, stream: boo
 
 
 class BackgroundLoad:
-    """load_model (transformers' or vLLM's) in a thread. Its log lines and warnings are held back (they would land in the middle
-    of what the user is typing) and printed when the model is first needed; a failure is raised then."""
+    """load_model (transformers' or vLLM's) in a thread. Its log lines and warnings are held back (they would
+    land in the middle of what the user is typing) and printed when the model is first needed; a failure is
+    raised then."""
 
     def __init__(self, load: dict, infer_backend: str = "pt"):
         import threading
