@@ -360,8 +360,14 @@ class BackgroundLoad:
 
     def _work(self) -> None:
         import logging
+        import signal
         import warnings
 
+        # The kernel hands a process's SIGINT to any thread that does not block it. Delivered here, Python
+        # still sets its flag, but the main thread stays asleep in input() and Ctrl-C at the prompt hung the
+        # chat until the next key (seen about 1 run in 15 on a loaded machine). Block the signals in this
+        # thread (and in the threads torch starts from it), so that they always wake the main thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         held = self.messages
 
         class Hold(logging.Handler):
