@@ -12,7 +12,8 @@ of the operator's private network, in any of the spellings the C resolver accept
 - the connection goes to that vetted address (the Host header and TLS SNI keep the name), so a DNS answer that
   changes between the check and the connect (DNS rebinding) cannot win;
 - redirects are followed by hand, at most MAX_REDIRECTS, and every hop is vetted the same way;
-- the whole fetch has one deadline (``policy.fetch_timeout``), not a per-read timeout a drip can renew, and the
+- the whole fetch has one deadline (``policy.fetch_timeout``), not a per-read timeout a drip can renew: at the
+  deadline the connection is shut down (`Deadline`), whether the server drips its headers or its body; the
   body is capped at ``policy.max_bytes``;
 - proxies from the environment are not used (trust_env=False): the vetted address is the one connected to;
 - every refused or failed fetch gets the same message, so error texts cannot serve as a port scanner; the real
@@ -30,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -115,8 +117,64 @@ def vet(url: str, policy) -> Target:
     return Target(url, parts.scheme, host, port, [str(address) for address in dict.fromkeys(addresses)], path)
 
 
+class Deadline:
+    """Shuts the fetch's connection down when its deadline passes.
+
+    httpx's timeouts apply to each socket operation, so a server that drips its status line and headers a byte
+    at a time, each byte within the read timeout, held a fetch thread for as long as it liked (hours, for 64 KB
+    of headers), and a body dripped just under the read timeout ran to twice the deadline. At the deadline a
+    timer thread shuts the socket down, which wakes the blocked read with an end of stream. The socket comes
+    from httpcore's `trace` request extension (the connection's stream, replaced by its TLS stream).
+    """
+
+    def __init__(self, seconds: float):
+        self.stream = None  # the connection being read now (httpcore's network stream)
+        self.expired = False
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(max(0.0, seconds), self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def trace(self, event: str, info: dict) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self.lock:
+                self.stream = info.get("return_value")
+                if self.expired:  # the connect finished after the deadline: cut it at once
+                    self._shut_down()
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        sock = self.stream.get_extra_info("socket") if self.stream is not None else None
+        if sock is not None:
+            try:
+                # socket.socket's own shutdown, also for an SSLSocket: its override would drop the TLS state
+                # under the thread that is reading it.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
 def fetch(url: str, policy, kind: str = "image") -> bytes:
     """The body of `url` under `policy`; raises FetchRefused with the reason."""
+    guard = Deadline(policy.fetch_timeout)
+    try:
+        return _fetch(url, policy, guard)
+    except FetchRefused:
+        if guard.expired:  # the cut shows up as a closed connection; say what it was
+            raise FetchRefused(f"timed out after {policy.fetch_timeout:g}s") from None
+        raise
+    finally:
+        guard.cancel()
+
+
+def _fetch(url: str, policy, guard: Deadline) -> bytes:
     import httpx
 
     deadline = time.monotonic() + policy.fetch_timeout
@@ -134,7 +192,9 @@ def fetch(url: str, policy, kind: str = "image") -> bytes:
             request_url = f"{target.scheme}://{ip}:{target.port}{target.path}"
             # Connect to the vetted address; the name goes into Host and, for TLS, into SNI and the certificate
             # check.
-            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            extensions = {"trace": guard.trace}
+            if target.scheme == "https":
+                extensions["sni_hostname"] = target.host
             try:
                 with httpx.Client(timeout=httpx.Timeout(remaining), follow_redirects=False, trust_env=False) as client:
                     request = client.build_request("GET", request_url, headers={

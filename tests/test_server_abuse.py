@@ -63,6 +63,47 @@ def drip_url():
     server.server_close()
 
 
+class _SlowHead(http.server.BaseHTTPRequestHandler):
+    """A media host whose answers drip where httpx's per-read timeouts cannot see it: /head sends its status line
+    and headers a byte every 0.2 s (60 s in all), /gaps its body a byte every 0.9 s (a fetch timeout of 1 s is
+    never reached by one read); /red.png is an ordinary image."""
+
+    png = b""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        try:
+            if self.path.startswith("/red.png"):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+                                 % len(self.png) + self.png)
+                return
+            if self.path.startswith("/head"):
+                head, body, gap = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 300, b"", 0.2
+            else:
+                head, body, gap = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", b"x" * 50, 0.9
+            if body:
+                self.wfile.write(head)
+            for byte in body or head:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(gap)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the fetcher hung up: that is the point
+
+
+@pytest.fixture(scope="module")
+def slow_host(shape_images):
+    _SlowHead.png = shape_images["red"].read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHead)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def server(qwen2_vl_dir):
     with running_server(model=str(qwen2_vl_dir), max_new_tokens=4, max_batch_size=8, request_timeout=2,
@@ -295,6 +336,34 @@ def test_a_request_naming_many_slow_urls_holds_the_fetch_pool_for_one_deadline(s
     # Half the pool (4 of 8 threads) at a time, and nothing more after the first failure: the rest never opened.
     assert _Slow.fetches - before <= 4, _Slow.fetches - before
     assert post(server, chat("text after")).status_code == 200
+
+
+def test_a_fetch_dripping_its_headers_or_body_ends_at_its_deadline(slow_host):
+    """httpx times each read, not the fetch: headers dripped a byte at a time were read for a minute, a body
+    whose bytes come just under the read timeout ran to about one and a half deadlines."""
+    from swiftlite.media_fetch import FetchRefused, fetch
+
+    import httpx  # noqa: F401 - imported before the clock starts: the first import takes a few tenths of a second
+
+    policy = MediaPolicy(fetch_timeout=1.0, allowed_media_domains=["127.0.0.1"])
+    for path in ("/head", "/gaps"):
+        started = time.monotonic()
+        with pytest.raises(FetchRefused, match="timed out after 1s"):
+            fetch(slow_host + path, policy)
+        assert time.monotonic() - started < 1.25, path
+    assert fetch(slow_host + "/red.png", policy) == _SlowHead.png
+
+
+def test_urls_dripping_their_headers_do_not_keep_the_fetch_pool(server, slow_host):
+    """Two requests of four such URLs take all 8 fetch threads; once their deadline passed, the threads are
+    free again and the next request's image is fetched."""
+    dripping = chat([{"type": "image_url", "image_url": {"url": f"{slow_host}/head?{index}"}} for index in range(4)])
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: post(server, dripping), range(2)))
+    assert [answer.status_code for answer in answers] == [400, 400]
+    image = chat([{"type": "image_url", "image_url": {"url": f"{slow_host}/red.png"}}, {"type": "text", "text": "?"}])
+    answer = post(server, image)
+    assert answer.status_code == 200, answer.text
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
