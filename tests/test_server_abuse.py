@@ -188,11 +188,14 @@ def test_poisoned_requests_concurrent_with_good_ones(server):
             assert response.json()["choices"][0]["finish_reason"] in ("length", "stop")
 
 
-def test_a_failing_row_ends_its_own_request_only(qwen2_vl_dir):
-    """In the engine: rows whose settings fail (a seed beyond 64 bits, a penalty that makes every logit inf)
-    share one batch with good rows; the good rows finish, and only the poisoned requests fail."""
+@pytest.mark.parametrize("engine_kind", ["static", "step"])
+def test_a_failing_row_ends_its_own_request_only(qwen2_vl_dir, engine_kind):
+    """In the engine (`--engine static`, and the default `step`, whose rows decode in one forward): rows whose
+    settings fail (a seed beyond 64 bits, a penalty that makes every logit inf) share one batch with good rows;
+    the good rows finish, and only the poisoned requests fail."""
     from swiftlite.conversation import Conversation
     from swiftlite.engine.generate import SamplingParams
+    from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine, ChoiceFinished, EngineFailed, EngineRequest
     from swiftlite.models.checkpoint import load_for_inference
 
@@ -204,7 +207,8 @@ def test_a_failing_row_ends_its_own_request_only(qwen2_vl_dir):
     poisoned = [SamplingParams(max_new_tokens=5, temperature=1.0, seed=2**64),
                 SamplingParams(max_new_tokens=5, temperature=1.0, repetition_penalty=1e-300),
                 SamplingParams(max_new_tokens=5, temperature=float("nan"))]
-    engine = BatchingEngine(loaded.model, loaded.template, max_batch_size=8)
+    engine = (StepEngine if engine_kind == "step" else BatchingEngine)(loaded.model, loaded.template,
+                                                                      max_batch_size=8)
 
     async def run():
         streams = [engine.submit(EngineRequest([row], [params])) for params in good[:2] + poisoned + good[2:]]
