@@ -246,6 +246,36 @@ def test_streams_never_carry_nan(server):
         json.loads(line, parse_constant=refuse)
 
 
+def test_a_model_whose_logits_hold_nan_never_puts_nan_in_json(server):
+    """One NaN row in the output layer: that token's logit is NaN, so greedy picks it and every log-probability
+    is NaN (log_softmax spreads it). Answers, stream chunks and echoed prompt logprobs must stay JSON:
+    OpenAI's -9999.0 for each, never the bare word NaN (no parser reads it) and no 500 from a refusing encoder."""
+    import torch
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in an answer")
+
+    weight = server.app.state.server.engine.model.get_output_embeddings().weight
+    saved = weight[7].clone()
+    requests = [("/chat/completions", chat("hi", temperature=0, logprobs=True, top_logprobs=2)),
+                ("/chat/completions", chat("hi", temperature=0, logprobs=True, top_logprobs=2, stream=True)),
+                ("/completions", {"model": MODEL, "prompt": "hello there", "max_tokens": 1, "temperature": 0,
+                                  "logprobs": 2, "echo": True})]
+    try:
+        with torch.no_grad():
+            weight[7] = float("nan")
+        for path, body in requests:
+            response = post(server, body, path=path)
+            assert response.status_code == 200, response.text
+            payloads = [line[len("data: "):] for line in response.text.splitlines() if line.startswith("data: ")]
+            for payload in payloads[:-1] if payloads else [response.text]:
+                assert "error" not in json.loads(payload, parse_constant=refuse), payload
+            assert "-9999.0" in response.text, (path, response.text[:300])
+    finally:
+        with torch.no_grad():
+            weight[7] = saved
+
+
 # ---- malformed input: 400 naming the field ---------------------------------------------------------------------
 def raw_chat(content_json: str, extra: str = "") -> bytes:
     return (f'{{"model": "{MODEL}", "max_tokens": 2{extra}, "messages": [{{"role": "user", "content": '
