@@ -166,6 +166,38 @@ def test_out_of_range_sampling_values_are_400s(server, case, fields, param):
     assert response.json()["error"]["param"] == param
 
 
+def test_a_logit_bias_over_the_whole_vocabulary_costs_a_step_what_a_small_one_does(one_thread):
+    """logit_bias may name every token (150k ids pass the door: each is in the vocabulary). Rebuilt from the dict
+    at each step it took 0.1-0.4 s of the engine thread per step, which every other row of the batch waited out;
+    it is applied as one vector now. Medians of the same shaping with 2 and with 152,000 biased tokens."""
+    import statistics
+
+    import torch
+
+    from swiftlite.engine.generate import SamplingParams
+    from swiftlite.engine.logits import RowLogits
+
+    width = 152_064
+
+    def step_seconds(bias: dict) -> tuple[float, torch.Tensor]:
+        shaper = RowLogits(SamplingParams(logit_bias=bias), None, width)
+        logits = torch.zeros(width)
+        shaped = shaper.shape(logits, [])  # the first step may build what later steps reuse
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            shaper.shape(logits, [])
+            times.append(time.perf_counter() - started)
+        return statistics.median(times), shaped
+
+    whole = {token: (-1.0 if token % 2 else 2.0) for token in range(152_000)} | {width + 5: 100.0}  # + a padding id
+    small_time, small = step_seconds({3: 5.0, 11: -100.0})
+    whole_time, shaped = step_seconds(whole)
+    assert small[3] == 5.0 and small[11] == -100.0 and small.count_nonzero() == 2
+    assert shaped[0] == 2.0 and shaped[151_999] == -1.0 and shaped[152_000:].count_nonzero() == 0
+    assert whole_time < 10 * small_time + 0.002, (whole_time, small_time)
+
+
 def test_non_finite_numbers_are_400s(server):
     for literal in ("NaN", "Infinity", "-Infinity", "1e400"):
         raw = json.dumps(chat()).replace('"max_tokens": 3', f'"max_tokens": 3, "temperature": {literal}').encode()
