@@ -12,7 +12,6 @@ import io
 import json
 import socket
 import struct
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from swiftlite.media import MediaPolicy, load_image
-from test_deploy_support import running_server
+from test_deploy_support import http_server, running_server
 
 MODEL = "qwen2-vl"
 
@@ -55,12 +54,8 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def drip_url():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/drip.png"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Slow) as url:
+        yield url + "/drip.png"
 
 
 class _SlowHead(http.server.BaseHTTPRequestHandler):
@@ -96,12 +91,8 @@ class _SlowHead(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def slow_host(shape_images):
     _SlowHead.png = shape_images["red"].read_bytes()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHead)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(_SlowHead) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
