@@ -90,8 +90,31 @@ def address_is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
                                       or address.is_link_local or address.is_private or address.is_unspecified)
 
 
-def vet(url: str, policy) -> Target:
-    """Parse `url`, resolve its host and check every address against the policy; the address to connect to."""
+_resolvers = None  # a few threads for getaddrinfo, which has no timeout of its own (resolve)
+
+
+def resolve(host: str, port: int, seconds: float | None) -> list:
+    """socket.getaddrinfo within `seconds`: a resolver that hangs must not hold a fetch past its deadline. The
+    lookup runs in a pool of 4 threads; one that never returns keeps its thread, so a hanging resolver leaves
+    at most 4 threads stuck, and later lookups then wait in the queue and time out like the first."""
+    global _resolvers
+    if seconds is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    import concurrent.futures
+
+    if _resolvers is None:
+        _resolvers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="swiftlite-resolve")
+    future = _resolvers.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return future.result(timeout=max(0.0, seconds))
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise FetchRefused(f"cannot resolve {host!r} within {seconds:.3g}s") from None
+
+
+def vet(url: str, policy, seconds: float | None = None) -> Target:
+    """Parse `url`, resolve its host (within `seconds`, if given) and check every address against the policy;
+    the address to connect to."""
     parts = parse_url(url)
     host = parts.hostname.lower()
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -100,7 +123,7 @@ def vet(url: str, policy) -> Target:
         raise FetchRefused(f"host {host!r} is not in --allowed_media_domains")
     try:
         host.encode("idna")
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = resolve(host, port, seconds)
     except (UnicodeError, OSError) as error:
         raise FetchRefused(f"cannot resolve {host!r} ({error})") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -180,7 +203,7 @@ def _fetch(url: str, policy, guard: Deadline) -> bytes:
     deadline = time.monotonic() + policy.fetch_timeout
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        target = vet(current, policy)
+        target = vet(current, policy, deadline - time.monotonic())
         default_port = 443 if target.scheme == "https" else 80
         name = f"[{target.host}]" if ":" in target.host else target.host
         host_header = name if target.port == default_port else f"{name}:{target.port}"

@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import struct
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -409,6 +410,30 @@ def test_a_fetch_dripping_its_headers_or_body_ends_at_its_deadline(slow_host):
             fetch(slow_host + path, policy)
         assert time.monotonic() - started < 1.25, path
     assert fetch(slow_host + "/red.png", policy) == _SlowHead.png
+
+
+def test_a_hanging_name_lookup_ends_at_the_fetch_deadline(monkeypatch):
+    """getaddrinfo has no timeout: a resolver that does not answer held the fetch as long as it hung. The
+    resolver is the system's; here one name's lookup is made to hang (until the test ends) to stand for it."""
+    from swiftlite.media_fetch import FetchRefused, fetch
+
+    release, real = threading.Event(), socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):
+        if host == "hanging.example":
+            release.wait(30)
+            raise socket.gaierror("no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchRefused, match=r"resolve 'hanging.example' within|timed out after 0.5s"):
+            fetch("http://hanging.example/a.png", MediaPolicy(fetch_timeout=0.5,
+                                                              allowed_media_domains=["hanging.example"]))
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
 
 
 def test_urls_dripping_their_headers_do_not_keep_the_fetch_pool(server, slow_host):
