@@ -26,9 +26,12 @@ in ten (--malformed) is bad, the kinds in turn:
     stop_flood       100,000 stop words                                                 -> 400
     text_plain       a cross-site "simple" POST: Content-Type text/plain                -> 415
     foreign_host     Host: evil.example (DNS rebinding)                                 -> 403
+    bad_ipv6_url     an image URL with a malformed IPv6 literal (http://[::1/a.png)      -> 400
+    metrics_path     a path holding `"}` and a newline (a /metrics label injection)     -> 404
 
-Meanwhile --slow_clients connections drip their request heads a byte at a time (slowloris); the server
-(started with --request_timeout 5) must close every one of them.
+Meanwhile --slow_clients connections drip, a byte at a time, their request heads (slowloris) or, half of them,
+their bodies after a whole head; the server (started with --request_timeout 5) must close every one of them.
+After the run /metrics must hold no injected line and no series per path (at most --max_metrics_kb).
 
 It prints good/bad/5xx counts, responses by status, requests/s and the RSS after warm-up and after the run, and
 exits 1 when any request got a 5xx, any good request failed, any bad one got other than its 4xx, a slow
@@ -56,7 +59,7 @@ EXPECTED_STATUS = {
     "bad_image": 400, "unknown_model": 404, "bad_json": 400, "too_many_images": 400, "ssrf_loopback": 400,
     "poisoned_seed": 400, "poisoned_penalty": 400, "bomb": 400, "thin_image": 400, "deep_json": 400,
     "huge_integer": 400, "lone_surrogate": 400, "role_list": 400, "stop_flood": 400, "text_plain": 415,
-    "foreign_host": 403,
+    "foreign_host": 403, "bad_ipv6_url": 400, "metrics_path": 404,
 }
 MALFORMED_KINDS = tuple(EXPECTED_STATUS)
 GOOD_KINDS = ("chat", "chat_image", "completion", "extreme_sampling")
@@ -76,7 +79,9 @@ def parse_args(argv=None):
     parser.add_argument("--max_growth", type=float, default=10.0, help="most RSS growth in percent after warm-up")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (CPU; 1 suits a shared machine)")
-    parser.add_argument("--slow_clients", type=int, default=8, help="slowloris connections dripping their headers")
+    parser.add_argument("--slow_clients", type=int, default=8,
+                        help="slow connections dripping their headers (slowloris) or, half of them, their bodies")
+    parser.add_argument("--max_metrics_kb", type=float, default=16.0, help="largest /metrics after the run, in KB")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     return parser.parse_args(argv)
 
@@ -195,8 +200,9 @@ def plan_requests(count: int, malformed: float, max_tokens: int, model: str, see
         if kind == "completion":
             path = "/v1/completions"
             body["prompt"] = f"request {index}: once upon a time"
-        elif kind in ("chat_image", "bad_image", "too_many_images", "ssrf_loopback", "bomb", "thin_image"):
-            url = {"bad_image": not_an_image, "bomb": bomb, "thin_image": thin,
+        elif kind in ("chat_image", "bad_image", "too_many_images", "ssrf_loopback", "bomb", "thin_image",
+                      "bad_ipv6_url"):
+            url = {"bad_image": not_an_image, "bomb": bomb, "thin_image": thin, "bad_ipv6_url": "http://[::1/a.png",
                    "ssrf_loopback": loopback[index % len(loopback)]}.get(kind, image)
             copies = IMAGE_LIMIT + 1 if kind == "too_many_images" else 1
             parts += [{"type": "image_url", "image_url": {"url": url}}] * copies
@@ -222,6 +228,8 @@ def plan_requests(count: int, malformed: float, max_tokens: int, model: str, see
             headers["content-type"] = "text/plain"
         elif kind == "foreign_host":
             headers["host"] = "evil.example"
+        elif kind == "metrics_path":
+            path = f"/v1/x{index}%22%7D%0Aswiftlite_injected_total%201%0A"  # a new path each time
         raw = json.dumps(body).encode()
         if kind == "bad_json":
             raw = raw[: len(raw) // 2]  # cut mid-way: not JSON any more
@@ -319,23 +327,29 @@ async def run_load(url: str, planned: list[Planned], clients: int, timeout: floa
 
 
 def slow_clients(port: int, count: int, stop):
-    """`count` connections that each send a request head one byte every half second (slowloris), in threads;
-    returns (closed, threads): closed[i] tells, once the threads end, whether the server closed connection i (it
-    must: --request_timeout)."""
+    """`count` connections that each send, one byte every half second, a request head (slowloris; even
+    connections) or a body after a whole head (odd ones), in threads; returns (closed, threads): closed[i] tells,
+    once the threads end, whether the server gave up on connection i (it must: --request_timeout)."""
     import threading
 
     closed = [False] * count
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" * 50
+    whole_head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n")
 
     def drip(index: int) -> None:
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.settimeout(0.5)
-            for byte in head:
+            dripped = head
+            if index % 2:
+                sock.sendall(whole_head)
+                dripped = b"{" + b" " * 99_999
+            for byte in dripped:
                 if stop.is_set():
                     return
                 try:
                     sock.sendall(bytes([byte]))
-                    sock.recv(4096)  # the server speaks only to close: its 408, or b"" at the end
+                    sock.recv(4096)  # the server speaks only to give up: its 408, or b"" at the close
                     closed[index] = True
                     return
                 except socket.timeout:
@@ -409,6 +423,7 @@ def main(argv=None) -> int:
             for thread in slow_threads:
                 thread.join(5)
             rss_after = rss_mb(process.pid)
+            metrics = httpx.get(url + "/metrics").text
         finally:
             process.terminate()
             try:
@@ -427,7 +442,10 @@ def main(argv=None) -> int:
     print("responses by kind and status: " + ", ".join(f"{key}: {n}" for key, n in report.by_status.items()))
     print(f"throughput: {report.requests_per_second:.1f} requests/s ({report.seconds:.1f} s)")
     print(f"server RSS: {rss_warm:.1f} MB after warm-up, {rss_after:.1f} MB after the run ({growth:+.1f}%)")
-    print(f"slow clients (slowloris) closed by the server: {sum(slow_closed)}/{len(slow_closed)}")
+    print(f"slow clients (slow heads and bodies) given up by the server: {sum(slow_closed)}/{len(slow_closed)}")
+    injected = "swiftlite_injected_total" in metrics or "/v1/x" in metrics
+    print(f"/metrics after the run: {len(metrics) / 1024:.1f} KB, "
+          f"{'INJECTED LINES' if injected else 'no injected line'}")
     print(f"SIGTERM: exit code {exit_code}")
     for problem in warm_report.problems + report.problems:
         print("  problem:", problem)
@@ -437,12 +455,13 @@ def main(argv=None) -> int:
         with open(args.json, "w") as out:
             json.dump({**report.__dict__, "requests_per_second": report.requests_per_second, "rss_warm_mb": rss_warm,
                        "rss_after_mb": rss_after, "rss_growth_percent": growth, "exit_code": exit_code,
-                       "slow_clients_closed": sum(slow_closed), "slow_clients": len(slow_closed)}, out, indent=2)
+                       "slow_clients_closed": sum(slow_closed), "slow_clients": len(slow_closed),
+                       "metrics_kb": len(metrics) / 1024, "metrics_injected": injected}, out, indent=2)
 
     failed = (report.server_errors or report.no_answer or report.good_ok < report.good or report.bad_ok < report.bad
               or warm_report.server_errors or warm_report.good_ok < warm_report.good
               or warm_report.bad_ok < warm_report.bad or growth > args.max_growth or exit_code != 0
-              or not all(slow_closed)
+              or not all(slow_closed) or injected or len(metrics) > args.max_metrics_kb * 1024
               or "Traceback" in server_log)
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0

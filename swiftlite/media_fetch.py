@@ -12,7 +12,8 @@ of the operator's private network, in any of the spellings the C resolver accept
 - the connection goes to that vetted address (the Host header and TLS SNI keep the name), so a DNS answer that
   changes between the check and the connect (DNS rebinding) cannot win;
 - redirects are followed by hand, at most MAX_REDIRECTS, and every hop is vetted the same way;
-- the whole fetch has one deadline (``policy.fetch_timeout``), not a per-read timeout a drip can renew, and the
+- the whole fetch has one deadline (``policy.fetch_timeout``), not a per-read timeout a drip can renew: at the
+  deadline the connection is shut down (`Deadline`), whether the server drips its headers or its body; the
   body is capped at ``policy.max_bytes``;
 - proxies from the environment are not used (trust_env=False): the vetted address is the one connected to;
 - every refused or failed fetch gets the same message, so error texts cannot serve as a port scanner; the real
@@ -30,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -88,8 +90,31 @@ def address_is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
                                       or address.is_link_local or address.is_private or address.is_unspecified)
 
 
-def vet(url: str, policy) -> Target:
-    """Parse `url`, resolve its host and check every address against the policy; the address to connect to."""
+_resolvers = None  # a few threads for getaddrinfo, which has no timeout of its own (resolve)
+
+
+def resolve(host: str, port: int, seconds: float | None) -> list:
+    """socket.getaddrinfo within `seconds`: a resolver that hangs must not hold a fetch past its deadline. The
+    lookup runs in a pool of 4 threads; one that never returns keeps its thread, so a hanging resolver leaves
+    at most 4 threads stuck, and later lookups then wait in the queue and time out like the first."""
+    global _resolvers
+    if seconds is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    import concurrent.futures
+
+    if _resolvers is None:
+        _resolvers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="swiftlite-resolve")
+    future = _resolvers.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return future.result(timeout=max(0.0, seconds))
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise FetchRefused(f"cannot resolve {host!r} within {seconds:.3g}s") from None
+
+
+def vet(url: str, policy, seconds: float | None = None) -> Target:
+    """Parse `url`, resolve its host (within `seconds`, if given) and check every address against the policy;
+    the address to connect to."""
     parts = parse_url(url)
     host = parts.hostname.lower()
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -98,7 +123,7 @@ def vet(url: str, policy) -> Target:
         raise FetchRefused(f"host {host!r} is not in --allowed_media_domains")
     try:
         host.encode("idna")
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = resolve(host, port, seconds)
     except (UnicodeError, OSError) as error:
         raise FetchRefused(f"cannot resolve {host!r} ({error})") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -115,14 +140,70 @@ def vet(url: str, policy) -> Target:
     return Target(url, parts.scheme, host, port, [str(address) for address in dict.fromkeys(addresses)], path)
 
 
+class Deadline:
+    """Shuts the fetch's connection down when its deadline passes.
+
+    httpx's timeouts apply to each socket operation, so a server that drips its status line and headers a byte
+    at a time, each byte within the read timeout, held a fetch thread for as long as it liked (hours, for 64 KB
+    of headers), and a body dripped just under the read timeout ran to twice the deadline. At the deadline a
+    timer thread shuts the socket down, which wakes the blocked read with an end of stream. The socket comes
+    from httpcore's `trace` request extension (the connection's stream, replaced by its TLS stream).
+    """
+
+    def __init__(self, seconds: float):
+        self.stream = None  # the connection being read now (httpcore's network stream)
+        self.expired = False
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(max(0.0, seconds), self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def trace(self, event: str, info: dict) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self.lock:
+                self.stream = info.get("return_value")
+                if self.expired:  # the connect finished after the deadline: cut it at once
+                    self._shut_down()
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        sock = self.stream.get_extra_info("socket") if self.stream is not None else None
+        if sock is not None:
+            try:
+                # socket.socket's own shutdown, also for an SSLSocket: its override would drop the TLS state
+                # under the thread that is reading it.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
 def fetch(url: str, policy, kind: str = "image") -> bytes:
     """The body of `url` under `policy`; raises FetchRefused with the reason."""
+    guard = Deadline(policy.fetch_timeout)
+    try:
+        return _fetch(url, policy, guard)
+    except FetchRefused:
+        if guard.expired:  # the cut shows up as a closed connection; say what it was
+            raise FetchRefused(f"timed out after {policy.fetch_timeout:g}s") from None
+        raise
+    finally:
+        guard.cancel()
+
+
+def _fetch(url: str, policy, guard: Deadline) -> bytes:
     import httpx
 
     deadline = time.monotonic() + policy.fetch_timeout
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        target = vet(current, policy)
+        target = vet(current, policy, deadline - time.monotonic())
         default_port = 443 if target.scheme == "https" else 80
         name = f"[{target.host}]" if ":" in target.host else target.host
         host_header = name if target.port == default_port else f"{name}:{target.port}"
@@ -134,7 +215,9 @@ def fetch(url: str, policy, kind: str = "image") -> bytes:
             request_url = f"{target.scheme}://{ip}:{target.port}{target.path}"
             # Connect to the vetted address; the name goes into Host and, for TLS, into SNI and the certificate
             # check.
-            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            extensions = {"trace": guard.trace}
+            if target.scheme == "https":
+                extensions["sni_hostname"] = target.host
             try:
                 with httpx.Client(timeout=httpx.Timeout(remaining), follow_redirects=False, trust_env=False) as client:
                     request = client.build_request("GET", request_url, headers={

@@ -50,10 +50,17 @@ def make_base_only(model_dir: Path, out_dir: Path) -> Path:
 @contextlib.contextmanager
 def static_http_server(directory: Path):
     """Serve `directory` over HTTP on 127.0.0.1 (for image_url tests); yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+    with http_server(functools.partial(_QuietHandler, directory=str(directory))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def http_server(handler):
+    """Serve `handler` (an http.server request handler) on a free port of 127.0.0.1, a thread per connection;
+    yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:

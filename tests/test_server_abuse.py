@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from swiftlite.media import MediaPolicy, load_image
-from test_deploy_support import running_server
+from test_deploy_support import http_server, running_server
 
 MODEL = "qwen2-vl"
 
@@ -55,12 +55,45 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def drip_url():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/drip.png"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Slow) as url:
+        yield url + "/drip.png"
+
+
+class _SlowHead(http.server.BaseHTTPRequestHandler):
+    """A media host whose answers drip where httpx's per-read timeouts cannot see it: /head sends its status line
+    and headers a byte every 0.2 s (60 s in all), /gaps its body a byte every 0.9 s (a fetch timeout of 1 s is
+    never reached by one read); /red.png is an ordinary image."""
+
+    png = b""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        try:
+            if self.path.startswith("/red.png"):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+                                 % len(self.png) + self.png)
+                return
+            if self.path.startswith("/head"):
+                head, body, gap = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 300, b"", 0.2
+            else:
+                head, body, gap = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", b"x" * 50, 0.9
+            if body:
+                self.wfile.write(head)
+            for byte in body or head:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(gap)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the fetcher hung up: that is the point
+
+
+@pytest.fixture(scope="module")
+def slow_host(shape_images):
+    _SlowHead.png = shape_images["red"].read_bytes()
+    with http_server(_SlowHead) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +158,38 @@ def test_out_of_range_sampling_values_are_400s(server, case, fields, param):
     assert response.json()["error"]["param"] == param
 
 
+def test_a_logit_bias_over_the_whole_vocabulary_costs_a_step_what_a_small_one_does(one_thread):
+    """logit_bias may name every token (150k ids pass the door: each is in the vocabulary). Rebuilt from the dict
+    at each step it took 0.1-0.4 s of the engine thread per step, which every other row of the batch waited out;
+    it is applied as one vector now. Medians of the same shaping with 2 and with 152,000 biased tokens."""
+    import statistics
+
+    import torch
+
+    from swiftlite.engine.generate import SamplingParams
+    from swiftlite.engine.logits import RowLogits
+
+    width = 152_064
+
+    def step_seconds(bias: dict) -> tuple[float, torch.Tensor]:
+        shaper = RowLogits(SamplingParams(logit_bias=bias), None, width)
+        logits = torch.zeros(width)
+        shaped = shaper.shape(logits, [])  # the first step may build what later steps reuse
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            shaper.shape(logits, [])
+            times.append(time.perf_counter() - started)
+        return statistics.median(times), shaped
+
+    whole = {token: (-1.0 if token % 2 else 2.0) for token in range(152_000)} | {width + 5: 100.0}  # + a padding id
+    small_time, small = step_seconds({3: 5.0, 11: -100.0})
+    whole_time, shaped = step_seconds(whole)
+    assert small[3] == 5.0 and small[11] == -100.0 and small.count_nonzero() == 2
+    assert shaped[0] == 2.0 and shaped[151_999] == -1.0 and shaped[152_000:].count_nonzero() == 0
+    assert whole_time < 10 * small_time + 0.002, (whole_time, small_time)
+
+
 def test_non_finite_numbers_are_400s(server):
     for literal in ("NaN", "Infinity", "-Infinity", "1e400"):
         raw = json.dumps(chat()).replace('"max_tokens": 3', f'"max_tokens": 3, "temperature": {literal}').encode()
@@ -147,11 +212,14 @@ def test_poisoned_requests_concurrent_with_good_ones(server):
             assert response.json()["choices"][0]["finish_reason"] in ("length", "stop")
 
 
-def test_a_failing_row_ends_its_own_request_only(qwen2_vl_dir):
-    """In the engine: rows whose settings fail (a seed beyond 64 bits, a penalty that makes every logit inf)
-    share one batch with good rows; the good rows finish, and only the poisoned requests fail."""
+@pytest.mark.parametrize("engine_kind", ["static", "step"])
+def test_a_failing_row_ends_its_own_request_only(qwen2_vl_dir, engine_kind):
+    """In the engine (`--engine static`, and the default `step`, whose rows decode in one forward): rows whose
+    settings fail (a seed beyond 64 bits, a penalty that makes every logit inf) share one batch with good rows;
+    the good rows finish, and only the poisoned requests fail."""
     from swiftlite.conversation import Conversation
     from swiftlite.engine.generate import SamplingParams
+    from swiftlite.engine.step_loop import StepEngine
     from swiftlite.engine.worker import BatchingEngine, ChoiceFinished, EngineFailed, EngineRequest
     from swiftlite.models.checkpoint import load_for_inference
 
@@ -163,7 +231,8 @@ def test_a_failing_row_ends_its_own_request_only(qwen2_vl_dir):
     poisoned = [SamplingParams(max_new_tokens=5, temperature=1.0, seed=2**64),
                 SamplingParams(max_new_tokens=5, temperature=1.0, repetition_penalty=1e-300),
                 SamplingParams(max_new_tokens=5, temperature=float("nan"))]
-    engine = BatchingEngine(loaded.model, loaded.template, max_batch_size=8)
+    engine = (StepEngine if engine_kind == "step" else BatchingEngine)(loaded.model, loaded.template,
+                                                                      max_batch_size=8)
 
     async def run():
         streams = [engine.submit(EngineRequest([row], [params])) for params in good[:2] + poisoned + good[2:]]
@@ -199,6 +268,36 @@ def test_streams_never_carry_nan(server):
     assert lines[-1] == "[DONE]"
     for line in lines[:-1]:
         json.loads(line, parse_constant=refuse)
+
+
+def test_a_model_whose_logits_hold_nan_never_puts_nan_in_json(server):
+    """One NaN row in the output layer: that token's logit is NaN, so greedy picks it and every log-probability
+    is NaN (log_softmax spreads it). Answers, stream chunks and echoed prompt logprobs must stay JSON:
+    OpenAI's -9999.0 for each, never the bare word NaN (no parser reads it) and no 500 from a refusing encoder."""
+    import torch
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in an answer")
+
+    weight = server.app.state.server.engine.model.get_output_embeddings().weight
+    saved = weight[7].clone()
+    requests = [("/chat/completions", chat("hi", temperature=0, logprobs=True, top_logprobs=2)),
+                ("/chat/completions", chat("hi", temperature=0, logprobs=True, top_logprobs=2, stream=True)),
+                ("/completions", {"model": MODEL, "prompt": "hello there", "max_tokens": 1, "temperature": 0,
+                                  "logprobs": 2, "echo": True})]
+    try:
+        with torch.no_grad():
+            weight[7] = float("nan")
+        for path, body in requests:
+            response = post(server, body, path=path)
+            assert response.status_code == 200, response.text
+            payloads = [line[len("data: "):] for line in response.text.splitlines() if line.startswith("data: ")]
+            for payload in payloads[:-1] if payloads else [response.text]:
+                assert "error" not in json.loads(payload, parse_constant=refuse), payload
+            assert "-9999.0" in response.text, (path, response.text[:300])
+    finally:
+        with torch.no_grad():
+            weight[7] = saved
 
 
 # ---- malformed input: 400 naming the field ---------------------------------------------------------------------
@@ -295,6 +394,58 @@ def test_a_request_naming_many_slow_urls_holds_the_fetch_pool_for_one_deadline(s
     # Half the pool (4 of 8 threads) at a time, and nothing more after the first failure: the rest never opened.
     assert _Slow.fetches - before <= 4, _Slow.fetches - before
     assert post(server, chat("text after")).status_code == 200
+
+
+def test_a_fetch_dripping_its_headers_or_body_ends_at_its_deadline(slow_host):
+    """httpx times each read, not the fetch: headers dripped a byte at a time were read for a minute, a body
+    whose bytes come just under the read timeout ran to about one and a half deadlines."""
+    from swiftlite.media_fetch import FetchRefused, fetch
+
+    import httpx  # noqa: F401 - imported before the clock starts: the first import takes a few tenths of a second
+
+    policy = MediaPolicy(fetch_timeout=1.0, allowed_media_domains=["127.0.0.1"])
+    for path in ("/head", "/gaps"):
+        started = time.monotonic()
+        with pytest.raises(FetchRefused, match="timed out after 1s"):
+            fetch(slow_host + path, policy)
+        assert time.monotonic() - started < 1.25, path
+    assert fetch(slow_host + "/red.png", policy) == _SlowHead.png
+
+
+def test_a_hanging_name_lookup_ends_at_the_fetch_deadline(monkeypatch):
+    """getaddrinfo has no timeout: a resolver that does not answer held the fetch as long as it hung. The
+    resolver is the system's; here one name's lookup is made to hang (until the test ends) to stand for it."""
+    from swiftlite.media_fetch import FetchRefused, fetch
+
+    release, real = threading.Event(), socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):
+        if host == "hanging.example":
+            release.wait(30)
+            raise socket.gaierror("no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchRefused, match=r"resolve 'hanging.example' within|timed out after 0.5s"):
+            fetch("http://hanging.example/a.png", MediaPolicy(fetch_timeout=0.5,
+                                                              allowed_media_domains=["hanging.example"]))
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+
+
+def test_urls_dripping_their_headers_do_not_keep_the_fetch_pool(server, slow_host):
+    """Two requests of four such URLs take all 8 fetch threads; once their deadline passed, the threads are
+    free again and the next request's image is fetched."""
+    dripping = chat([{"type": "image_url", "image_url": {"url": f"{slow_host}/head?{index}"}} for index in range(4)])
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: post(server, dripping), range(2)))
+    assert [answer.status_code for answer in answers] == [400, 400]
+    image = chat([{"type": "image_url", "image_url": {"url": f"{slow_host}/red.png"}}, {"type": "text", "text": "?"}])
+    answer = post(server, image)
+    assert answer.status_code == 200, answer.text
 
 
 def read_until_closed(sock: socket.socket) -> bytes:

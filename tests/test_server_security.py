@@ -11,14 +11,13 @@ from __future__ import annotations
 import http.server
 import re
 import socket
-import threading
 
 import httpx
 import pytest
 
 from swiftlite.media import MediaPolicy
 from swiftlite.media_fetch import FetchRefused, vet
-from test_deploy_support import running_server
+from test_deploy_support import http_server, running_server
 
 MODEL = "qwen2-vl"
 
@@ -52,12 +51,8 @@ class _Internal(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def internal(shape_images):
     _Internal.png = shape_images["red"].read_bytes()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Internal)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with http_server(_Internal) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

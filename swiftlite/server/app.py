@@ -3,8 +3,9 @@
 A request first passes the guard (server/security.py: Host, Content-Type, CORS, frame headers). A generation
 request then goes: authorise -> read the body (capped, within --request_timeout) -> parse and check fields
 (event loop) -> fetch its media URLs (fetch pool, swiftlite/media_fetch.py) -> load media and encode (encode
-pool) -> submit to the engine (429 when its queue is full) -> answer as one JSON or as server-sent events. Everything that can be the client's fault is found before the response starts, so
-it gets a 4xx; a failure after a stream has started is sent as an error event and the stream is closed.
+pool) -> submit to the engine (429 when its queue is full) -> answer as one JSON or as server-sent events.
+Everything that can be the client's fault is found before the response starts, so it gets a 4xx; a failure
+after a stream has started is sent as an error event and the stream is closed.
 
 Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions, POST /v1/completions, GET /health,
 GET /metrics, and with `web_ui` the chat page at / (files under /static/). `--api_key` guards the /v1 routes;

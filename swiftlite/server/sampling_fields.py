@@ -74,7 +74,8 @@ def common_fields(body: dict, limits: RequestLimits) -> dict:
         "logit_bias": _logit_bias(body),
     }
     json_mode, json_schema = response_format_fields(body)
-    return {"json_mode": json_mode, "json_schema": json_schema,"model": model, "n": n, "stream": stream, "include_usage": include_usage, "sampling": sampling,
+    return {"json_mode": json_mode, "json_schema": json_schema, "model": model, "n": n, "stream": stream,
+            "include_usage": include_usage, "sampling": sampling,
             "max_tokens": integer_field(body, "max_tokens", minimum=1)}
 
 

@@ -102,8 +102,8 @@ def message_tool_calls(calls, param: str) -> list[dict]:
             try:
                 arguments = json.loads(arguments or "{}")
             except ValueError:
-                raise bad_request(f"{where}.function.arguments is not valid JSON", param=f"{where}.function.arguments") \
-                    from None
+                raise bad_request(f"{where}.function.arguments is not valid JSON",
+                                  param=f"{where}.function.arguments") from None
         checked.append({"id": call.get("id"), "type": "function",
                         "function": {"name": function["name"], "arguments": arguments}})
     return checked
