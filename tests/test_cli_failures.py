@@ -147,6 +147,12 @@ def test_the_interrupt_code_comes_back_from_main():
     (["--num_train_epochs", "nan"], "--num_train_epochs nan: must be a finite number"),
     (["--warmup_ratio", "nan"], "--warmup_ratio nan: must be a finite number"),
     (["--lora_alpha", "0"], "--lora_alpha 0: expected a positive number"),
+    # inf passed `> 0`; with --freeze_vit false the vision tower would train at an infinite rate.
+    (["--vit_lr", "inf", "--freeze_vit", "false"], "--vit_lr inf: must be a finite number"),
+    (["--aligner_lr", "nan"], "--aligner_lr nan: must be a finite number"),
+    # The Trainer took -5 as "off" and trained whole epochs; TrainingArguments refused -3 after the dataset was read.
+    (["--max_steps", "-5"], "--max_steps -5: expected a positive number of steps, or -1"),
+    (["--warmup_steps", "-3"], "--warmup_steps -3: expected a number of steps >= 0"),
     (["--seed", str(2 ** 64)], f"--seed {2 ** 64}: expected a whole number in [0, 2**32)"),
     (["--seed", "-1"], "--seed -1: expected a whole number in [0, 2**32)"),
 ])
