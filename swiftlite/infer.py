@@ -236,8 +236,10 @@ def dataset_rows(target: Target, val_dataset, load_dataset_config: bool, strict:
                             "(dataset_test_ratio 0 and no val_dataset); pass --val_dataset FILE")
     else:
         try:
-            rows, skipped = data.load_dataset_rows(list(val_dataset), strict, 42 if seed is None else seed,
-                                                   require_response=False)
+            # Each skipped row named, as the rows skipped later (at encoding) are: a count alone hid which.
+            rows, skipped = data.load_dataset_rows(
+                list(val_dataset), strict, 42 if seed is None else seed, require_response=False,
+                on_skip=lambda problem: print(f"[WARNING:swiftlite] skipped {problem}", file=sys.stderr))
         except UserError as error:  # data.py names the sft flag; here the files came from --val_dataset
             message = str(error)
             raise UserError(message.replace("--dataset ", "--val_dataset ", 1)) from None

@@ -300,3 +300,23 @@ def test_mm_infer_skips_or_stops_at_an_image_the_processor_rejects(capsys, tmp_p
     assert main([*common, "--strict", "true"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"mm infer: error: {dataset}:2: absolute aspect ratio must be smaller than 200, got 400.0")
+
+
+def test_mm_infer_names_each_row_it_cannot_read(capsys, tmp_path, llava_dir, rows):
+    """Without --strict, mm infer skips the rows it cannot read; it used to say only "1 row(s) skipped"."""
+    from swiftlite.cli import main
+
+    good = rows.read_bytes().splitlines(keepends=True)
+    jsonl = rows.with_name("latin1_infer.jsonl")  # beside the images its rows name
+    jsonl.write_bytes(good[0] + good[1].replace(b"what colour", b"what col\xffour") + good[2])
+    common = ["infer", "--model", str(llava_dir), "--val_dataset", str(jsonl), "--max_new_tokens", "2",
+              "--result_dir", str(tmp_path)]
+    assert main(common) == 0
+    err = capsys.readouterr().err
+    assert f"[WARNING:swiftlite] skipped {jsonl}:2: not UTF-8 text (byte 0xff at column 59)" in err, err
+    assert "Traceback" not in err
+    (results,) = (tmp_path / "infer_result").glob("*.jsonl")
+    assert len(results.read_text().splitlines()) == 2  # rows 1 and 3
+    assert main([*common, "--strict", "true"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"mm infer: error: {jsonl}:2: not UTF-8 text (byte 0xff at column 59)")
