@@ -133,6 +133,7 @@ DAMAGE = [
      edit_json(lambda c: dict(c, target_modules=["no_such_module"])), "target_modules names no module"),
     ("sft-args-a-list", "lora", "sft_args.json", write(b"[1, 2, 3]"), "expected a JSON object"),
     ("merged-weights-truncated", "merged", "model.safetensors", truncate, "truncated"),
+    ("merged-weights-missing", "merged", "model.safetensors", remove, "missing"),
     ("merged-tokenizer-truncated", "merged", "tokenizer.json", truncate, "not valid JSON"),
 ]
 # Files only `--resume_from_checkpoint` reads.

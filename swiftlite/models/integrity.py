@@ -149,6 +149,10 @@ def check_full_weights(model_dir: Path) -> None:
             safetensors_header(model_dir / str(name))
     elif (model_dir / "model.safetensors").exists():
         safetensors_header(model_dir / "model.safetensors")
+    elif not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("pytorch_model*.bin")):
+        # transformers' loader says this as an OSError traceback (mm infer --ckpt_dir of a merged export).
+        raise UserError(f"{model_dir / 'model.safetensors'}: missing: the checkpoint holds no weights "
+                        "(no *.safetensors, no pytorch_model*.bin)")
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         if (model_dir / name).exists():
             read_json_object(model_dir / name)
