@@ -244,3 +244,12 @@ def test_an_undamaged_checkpoint_still_loads_everywhere(capsys, tmp_path, traine
     code, err = run(capsys, "sft", *sft_flags(llava_dir, rows, tmp_path / "out", "--max_steps", 4,
                                               "--resume_from_checkpoint", checkpoint))
     assert code == 0 and "warning" not in err, err
+
+
+def test_a_chat_template_that_does_not_parse_is_one_line(capsys, tmp_path, trained, rows):
+    """A merged checkpoint's own template (an adapter's infer uses the base model's): it failed only at the
+    first row, as a jinja2 TemplateSyntaxError traceback."""
+    checkpoint = damaged_copy(trained, tmp_path, "merged", "chat_template.jinja", write(b"{% if %}hello"))
+    code, err = run(capsys, "infer", "--ckpt_dir", checkpoint, "--val_dataset", rows, "--max_new_tokens", 2,
+                    "--result_dir", tmp_path / "results")
+    one_line(code, err, checkpoint / "chat_template.jinja", "the chat template does not parse", "mm infer")
