@@ -134,6 +134,8 @@ DAMAGE = [
     ("sft-args-a-list", "lora", "sft_args.json", write(b"[1, 2, 3]"), "expected a JSON object"),
     ("merged-weights-truncated", "merged", "model.safetensors", truncate, "truncated"),
     ("merged-weights-missing", "merged", "model.safetensors", remove, "missing"),
+    ("merged-generation-config-invalid", "merged", "generation_config.json", write(b'{"do_sample": tr'),
+     "not valid JSON"),
     ("merged-tokenizer-truncated", "merged", "tokenizer.json", truncate, "not valid JSON"),
 ]
 # Files only `--resume_from_checkpoint` reads.
