@@ -38,12 +38,14 @@ class DatasetRow:
 
 # ---- public API ----------------------------------------------------------------------------------------
 def load_dataset_rows(specs: list[str], strict: bool = True, seed: int = 42,
-                      require_response: bool = True, use_hf: bool | None = None) -> tuple[list[DatasetRow], int]:
+                      require_response: bool = True, use_hf: bool | None = None,
+                      on_skip=None) -> tuple[list[DatasetRow], int]:
     """Read every dataset spec ("file.jsonl", "file.json#100", "coco-en-mini#20", hub id) into rows.
 
     Returns (rows, skipped). Registered names (`mm list datasets`) are resolved before files and hub ids;
     `use_hf` picks their hub (default: USE_HF, else ModelScope). `require_response=False` accepts rows whose
-    last turn is the user's (prompts for `mm infer`).
+    last turn is the user's (prompts for `mm infer`). Not strict, each skipped row's "file:row: problem" goes to
+    `on_skip` when given.
     """
     if isinstance(specs, str):
         specs = [specs]
@@ -65,6 +67,8 @@ def load_dataset_rows(specs: list[str], strict: bool = True, seed: int = 42,
             except (RowError, MediaError) as error:
                 if strict:
                     raise UserError(f"{source}: {error} (pass --strict false to skip bad rows)") from None
+                if on_skip is not None:
+                    on_skip(f"{source}: {error}")
                 skipped += 1
                 continue
             file_rows.append(DatasetRow(conversation, source))

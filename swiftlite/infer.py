@@ -13,6 +13,7 @@ query, response, label, history and images; chat turns are saved there too.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -129,12 +130,16 @@ def load_model(infer_backend: str, load: dict):
 def check_flags(sampling: dict, dtype: str, max_batch_size: int, show_dataset_sample: int) -> None:
     from swiftlite.models.loading import DTYPE_ALIASES
 
+    # inf passes `>= 0` (typer reads it as a float): --temperature inf or --repetition_penalty inf sampled
+    # garbage with exit 0, so every number must be finite too. Row i samples with seed + i, and torch's
+    # generator takes no seed past 2**64 - 1 (a traceback after loading), so the seed is an int64, as the server's.
     checks = [
         ("max_new_tokens", lambda v: v >= 1, "a positive number of tokens"),
-        ("temperature", lambda v: v >= 0, "a number >= 0 (0 means greedy)"),
+        ("temperature", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 means greedy)"),
         ("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
         ("top_k", lambda v: v >= 0, "an integer >= 0"),
-        ("repetition_penalty", lambda v: v > 0, "a number > 0"),
+        ("repetition_penalty", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+        ("seed", lambda v: -(2 ** 63) <= v < 2 ** 63, "a whole number in [-2**63, 2**63)"),
     ]
     for name, valid, expected in checks:
         if sampling[name] is not None and not valid(sampling[name]):
@@ -231,8 +236,10 @@ def dataset_rows(target: Target, val_dataset, load_dataset_config: bool, strict:
                             "(dataset_test_ratio 0 and no val_dataset); pass --val_dataset FILE")
     else:
         try:
-            rows, skipped = data.load_dataset_rows(list(val_dataset), strict, 42 if seed is None else seed,
-                                                   require_response=False)
+            # Each skipped row named, as the rows skipped later (at encoding) are: a count alone hid which.
+            rows, skipped = data.load_dataset_rows(
+                list(val_dataset), strict, 42 if seed is None else seed, require_response=False,
+                on_skip=lambda problem: print(f"[WARNING:swiftlite] skipped {problem}", file=sys.stderr))
         except UserError as error:  # data.py names the sft flag; here the files came from --val_dataset
             message = str(error)
             raise UserError(message.replace("--dataset ", "--val_dataset ", 1)) from None

@@ -392,6 +392,11 @@ def check_flags(flags: SftFlags) -> SftFlags:
             raise UserError(f"--{name} {value}: must be at least 1")
     if flags.optim.max_steps == 0 or flags.optim.num_train_epochs <= 0:
         raise UserError("--max_steps 0 / --num_train_epochs <= 0: nothing to train")
+    if flags.optim.max_steps < -1:  # the Trainer reads any negative as "off" and trained whole epochs
+        raise UserError(f"--max_steps {flags.optim.max_steps}: expected a positive number of steps, or -1 (off: "
+                        "--num_train_epochs decides)")
+    if flags.optim.warmup_steps < 0:  # else TrainingArguments refuses it, after the dataset has been read
+        raise UserError(f"--warmup_steps {flags.optim.warmup_steps}: expected a number of steps >= 0")
     if flags.data.dataloader_num_workers < 0:
         raise UserError(f"--dataloader_num_workers {flags.data.dataloader_num_workers}: must be 0 or more")
     if not 0 <= flags.optim.warmup_ratio < 1:
@@ -428,9 +433,6 @@ def check_cuda_flags(flags: SftFlags) -> None:
     from swiftlite.models.loading import check_attn_impl
 
     check_attn_impl(flags.model.attn_impl)
-    for name, rate in (("vit_lr", flags.tuner.vit_lr), ("aligner_lr", flags.tuner.aligner_lr)):
-        if rate is not None and not rate > 0:
-            raise UserError(f"--{name} {rate}: must be a positive learning rate")
     bits = flags.model.quant_bits
     if bits is None:
         return

@@ -147,6 +147,12 @@ def test_the_interrupt_code_comes_back_from_main():
     (["--num_train_epochs", "nan"], "--num_train_epochs nan: must be a finite number"),
     (["--warmup_ratio", "nan"], "--warmup_ratio nan: must be a finite number"),
     (["--lora_alpha", "0"], "--lora_alpha 0: expected a positive number"),
+    # inf passed `> 0`; with --freeze_vit false the vision tower would train at an infinite rate.
+    (["--vit_lr", "inf", "--freeze_vit", "false"], "--vit_lr inf: must be a finite number"),
+    (["--aligner_lr", "nan"], "--aligner_lr nan: must be a finite number"),
+    # The Trainer took -5 as "off" and trained whole epochs; TrainingArguments refused -3 after the dataset was read.
+    (["--max_steps", "-5"], "--max_steps -5: expected a positive number of steps, or -1"),
+    (["--warmup_steps", "-3"], "--warmup_steps -3: expected a number of steps >= 0"),
     (["--seed", str(2 ** 64)], f"--seed {2 ** 64}: expected a whole number in [0, 2**32)"),
     (["--seed", "-1"], "--seed -1: expected a whole number in [0, 2**32)"),
 ])
@@ -294,3 +300,23 @@ def test_mm_infer_skips_or_stops_at_an_image_the_processor_rejects(capsys, tmp_p
     assert main([*common, "--strict", "true"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"mm infer: error: {dataset}:2: absolute aspect ratio must be smaller than 200, got 400.0")
+
+
+def test_mm_infer_names_each_row_it_cannot_read(capsys, tmp_path, llava_dir, rows):
+    """Without --strict, mm infer skips the rows it cannot read; it used to say only "1 row(s) skipped"."""
+    from swiftlite.cli import main
+
+    good = rows.read_bytes().splitlines(keepends=True)
+    jsonl = rows.with_name("latin1_infer.jsonl")  # beside the images its rows name
+    jsonl.write_bytes(good[0] + good[1].replace(b"what colour", b"what col\xffour") + good[2])
+    common = ["infer", "--model", str(llava_dir), "--val_dataset", str(jsonl), "--max_new_tokens", "2",
+              "--result_dir", str(tmp_path)]
+    assert main(common) == 0
+    err = capsys.readouterr().err
+    assert f"[WARNING:swiftlite] skipped {jsonl}:2: not UTF-8 text (byte 0xff at column 59)" in err, err
+    assert "Traceback" not in err
+    (results,) = (tmp_path / "infer_result").glob("*.jsonl")
+    assert len(results.read_text().splitlines()) == 2  # rows 1 and 3
+    assert main([*common, "--strict", "true"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"mm infer: error: {jsonl}:2: not UTF-8 text (byte 0xff at column 59)")

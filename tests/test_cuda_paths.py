@@ -130,7 +130,7 @@ def test_more_processes_than_gpus_is_one_clear_error():
     (["--attn_impl", "flash_attention_2"], "--attn_impl flash_attention_2: "),
     (["--quant_bits", "3"], "--quant_bits 3: expected 4 or 8"),
     (["--quant_bits", "4", "--sft_type", "full"], "--quant_bits 4: quantized weights cannot train"),
-    (["--vit_lr", "0"], "--vit_lr 0.0: must be a positive learning rate"),
+    (["--vit_lr", "0"], "--vit_lr 0.0: expected a positive learning rate"),
     (["--pure_bf16", "true", "--dtype", "fp32"], "--pure_bf16 true trains bf16 weights, but the dtype is float32"),
 ])
 def test_bad_cuda_flags_are_one_line(capsys, tmp_path, llava_dir, rows_file, argv, message):

@@ -133,6 +133,9 @@ DAMAGE = [
      edit_json(lambda c: dict(c, target_modules=["no_such_module"])), "target_modules names no module"),
     ("sft-args-a-list", "lora", "sft_args.json", write(b"[1, 2, 3]"), "expected a JSON object"),
     ("merged-weights-truncated", "merged", "model.safetensors", truncate, "truncated"),
+    ("merged-weights-missing", "merged", "model.safetensors", remove, "missing"),
+    ("merged-generation-config-invalid", "merged", "generation_config.json", write(b'{"do_sample": tr'),
+     "not valid JSON"),
     ("merged-tokenizer-truncated", "merged", "tokenizer.json", truncate, "not valid JSON"),
 ]
 # Files only `--resume_from_checkpoint` reads.
@@ -243,3 +246,12 @@ def test_an_undamaged_checkpoint_still_loads_everywhere(capsys, tmp_path, traine
     code, err = run(capsys, "sft", *sft_flags(llava_dir, rows, tmp_path / "out", "--max_steps", 4,
                                               "--resume_from_checkpoint", checkpoint))
     assert code == 0 and "warning" not in err, err
+
+
+def test_a_chat_template_that_does_not_parse_is_one_line(capsys, tmp_path, trained, rows):
+    """A merged checkpoint's own template (an adapter's infer uses the base model's): it failed only at the
+    first row, as a jinja2 TemplateSyntaxError traceback."""
+    checkpoint = damaged_copy(trained, tmp_path, "merged", "chat_template.jinja", write(b"{% if %}hello"))
+    code, err = run(capsys, "infer", "--ckpt_dir", checkpoint, "--val_dataset", rows, "--max_new_tokens", 2,
+                    "--result_dir", tmp_path / "results")
+    one_line(code, err, checkpoint / "chat_template.jinja", "the chat template does not parse", "mm infer")

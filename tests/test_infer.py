@@ -289,7 +289,12 @@ def test_load_dataset_config_after_a_real_sft_run(llava_dir, shape_images, tmp_p
     (["--model_type", "qwen2-vl-2b-instrukt"], "unknown model type 'qwen2-vl-2b-instrukt'. Did you mean: qwen2-vl-2b-instruct"),
     (["--ckpt_dir", "/no/such/checkpoint-100"], "--ckpt_dir /no/such/checkpoint-100: no such directory"),
     (["--model", "{llava}", "--val_dataset", "/no/such/rows.jsonl"], "--val_dataset /no/such/rows.jsonl: no such file"),
-    (["--model", "{llava}", "--temperature", "-1"], "--temperature -1.0: expected a number >= 0"),
+    (["--model", "{llava}", "--temperature", "-1"], "--temperature -1.0: expected a finite number >= 0"),
+    # inf passes `>= 0`: these sampled garbage with exit 0, and a seed past int64 was a traceback after loading.
+    (["--model", "{llava}", "--temperature", "inf"], "--temperature inf: expected a finite number >= 0"),
+    (["--model", "{llava}", "--repetition_penalty", "inf"], "--repetition_penalty inf: expected a finite number > 0"),
+    (["--model", "{llava}", "--seed", str(2 ** 64 - 1)], f"--seed {2 ** 64 - 1}: expected a whole number in "
+     "[-2**63, 2**63)"),
     (["--model", "{llava}", "--load_dataset_config", "true"], "--load_dataset_config true needs --ckpt_dir"),
     (["--model", "{llava}", "--merge_lora", "true"], "--merge_lora true needs --ckpt_dir"),
     (["--model", "{llava}", "--dtype", "int3"], "--dtype int3: expected auto, bf16, fp16 or fp32"),

@@ -138,7 +138,7 @@ def adapter_tensors(ckpt_dir: Path):
 
 
 def check_full_weights(model_dir: Path) -> None:
-    """A full or merged checkpoint: its safetensors files whole, its config and tokenizer.json valid JSON."""
+    """A full or merged checkpoint: its safetensors files whole (and present), its JSON files valid JSON."""
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -149,6 +149,12 @@ def check_full_weights(model_dir: Path) -> None:
             safetensors_header(model_dir / str(name))
     elif (model_dir / "model.safetensors").exists():
         safetensors_header(model_dir / "model.safetensors")
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    elif not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("pytorch_model*.bin")):
+        # transformers' loader says this as an OSError traceback (mm infer --ckpt_dir of a merged export).
+        raise UserError(f"{model_dir / 'model.safetensors'}: missing: the checkpoint holds no weights "
+                        "(no *.safetensors, no pytorch_model*.bin)")
+    # generation_config.json too: transformers drops one that is not JSON without a word, and its sampling
+    # defaults (do_sample, temperature, ...) with it.
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         if (model_dir / name).exists():
             read_json_object(model_dir / name)

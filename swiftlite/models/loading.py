@@ -194,10 +194,32 @@ def load_tokenizer(model_dir: Path, family: ModelFamily | None = None):
     processors = load_processors(model_dir, family, remote)
     if getattr(tokenizer, "chat_template", None) is None:
         tokenizer.chat_template = processors.chat_template
+    check_chat_template(model_dir, tokenizer.chat_template)
     tokenizer.swiftlite_processors = processors
     tokenizer.swiftlite_model_config = read_config(model_dir)
     tokenizer.swiftlite_model_dir = str(model_dir)
     return tokenizer
+
+
+def check_chat_template(model_dir: Path, chat_template) -> None:
+    """A checkpoint's chat template that does not parse failed only at the first row, as a jinja2
+    TemplateSyntaxError traceback: say so at load, naming the file it most likely came from."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
+    for template in templates:
+        if not isinstance(template, str):
+            continue
+        try:
+            _compile_jinja_template(template)  # transformers' own environment (its extra tags), cached for later
+        except TemplateError as error:
+            source = next((model_dir / name for name in ("chat_template.jinja", "chat_template.json",
+                                                         "tokenizer_config.json") if (model_dir / name).is_file()),
+                          model_dir)
+            line = f" at line {error.lineno}" if getattr(error, "lineno", None) else ""
+            raise UserError(f"{source}: the chat template does not parse ({error}{line}); the file is "
+                            "damaged") from None
 
 
 def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_map=None, device: str | None = None,

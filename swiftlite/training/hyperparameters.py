@@ -14,6 +14,8 @@ from swiftlite.errors import UserError
 # flag -> (lowest allowed, whether the lowest itself is allowed, highest allowed or None, what it is)
 RANGES = {
     "learning_rate": (0.0, False, None, "a positive number, e.g. 1e-4"),
+    "vit_lr": (0.0, False, None, "a positive learning rate"),
+    "aligner_lr": (0.0, False, None, "a positive learning rate"),
     "weight_decay": (0.0, True, None, "a number >= 0, e.g. 0.1"),
     "max_grad_norm": (0.0, True, None, "a number >= 0 (0: no clipping)"),
     "lora_dropout": (0.0, True, 1.0, "a number in [0, 1)"),
