@@ -283,3 +283,24 @@ def test_gpu_check_without_cuda_says_so_and_exits_cleanly():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == [
         f"gpu_check: no CUDA GPU visible to {sys.executable} (torch.cuda.is_available() is false): nothing checked"]
+
+
+def test_gpu_check_stops_a_check_when_its_budget_runs_out(tmp_path, llava_dir, rows_file):
+    """Each check waits only for what is left of the budget, so the table is printed before gpu_check.sh's
+    timeout would kill the script (and the table with it); the checks after it are skipped."""
+    import time
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu_check.START = time.time() - gpu_check.BUDGET_S + 2  # two seconds left
+    long_run = ["sft", "--model", str(llava_dir), "--dataset", str(rows_file), "--max_steps", "1000",
+                "--output_dir", str(tmp_path)]
+    started = time.time()
+    gpu_check.run_check("long sft", lambda: ("ok", gpu_check.mm(*long_run).stderr))
+    assert time.time() - started < 30
+    check, result, _, _, note = gpu_check.ROWS[-1]
+    assert (check, result) == ("long sft", "FAIL")
+    assert f"the {gpu_check.BUDGET_S} s budget ran out" in note
+    gpu_check.run_check("next", lambda: ("ok", ""))
+    assert gpu_check.ROWS[-1][:2] == ("next", "skip")
