@@ -73,20 +73,24 @@ def test_choose_dtype_auto_on_cpu_and_old_gpus():
         choose_dtype("int4")
 
 
-def test_bf16_full_fine_tune_keeps_fp32_trainable_weights(capsys, tmp_path, llava_dir, rows_file):
+@pytest.mark.parametrize("pure", [False, True])
+def test_bf16_full_fine_tune_master_weights(capsys, tmp_path, llava_dir, rows_file, pure):
     """bf16 on the CPU takes the GPU's path: bf16 weights, bf16 autocast, trainable weights upcast to fp32
-    (the frozen vision tower stays bf16), and the run trains."""
+    (the frozen vision tower stays bf16), and the run trains. With --pure_bf16 true the bf16 weights
+    themselves train, without autocast."""
     from safetensors.torch import load_file
 
     code, err = mm_sft(capsys, "--model", llava_dir, "--dataset", rows_file, "--sft_type", "full", "--dtype", "bf16",
-                       "--max_steps", 2, "--batch_size", 2, "--learning_rate", 1e-3, "--output_dir", tmp_path, *QUICK)
+                       "--pure_bf16", str(pure).lower(), "--max_steps", 2, "--batch_size", 2, "--learning_rate", 1e-3,
+                       "--output_dir", tmp_path, *QUICK)
     assert code == 0, err[-2000:]
-    assert "mm sft: precision: weights loaded in bfloat16, bf16 autocast, trainable weights in fp32" in err
+    precision = "no autocast\n" if pure else "bf16 autocast, trainable weights in fp32\n"
+    assert "mm sft: precision: weights loaded in bfloat16, " + precision in err
     checkpoint = Path(re.search(r"last_model_checkpoint: (\S+)", err).group(1))
     weights = load_file(checkpoint / "model.safetensors")
     language = [key for key in weights if "language_model" in key]
     vision = [key for key in weights if "vision_tower" in key]
-    assert {weights[key].dtype for key in language} == {torch.float32}
+    assert {weights[key].dtype for key in language} == {torch.bfloat16 if pure else torch.float32}
     assert {weights[key].dtype for key in vision} == {torch.bfloat16}
     logs = [json.loads(line) for line in (checkpoint.parent / "logging.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in logs if "loss" in log)
@@ -190,9 +194,23 @@ def test_part_learning_rate_of_a_frozen_part_is_refused(capsys, tmp_path, llava_
 
 
 def test_vit_lr_with_lora_on_the_vision_tower_trains(capsys, tmp_path, llava_dir, rows_file):
+    """An `mm sft` run's optimizer (as its checkpoint saved it) trains the vision tower's LoRA weights at --vit_lr
+    and the rest at --learning_rate."""
+    from safetensors import safe_open
+
     code, err = mm_sft(capsys, "--model", llava_dir, "--dataset", rows_file, "--freeze_vit", "false",
                        "--vit_lr", "1e-5", "--max_steps", 1, "--output_dir", tmp_path, *QUICK)
     assert code == 0, err[-2000:]
+    checkpoint = Path(re.search(r"last_model_checkpoint: (\S+)", err).group(1))
+    groups = torch.load(checkpoint / "optimizer.pt")["param_groups"]
+    by_rate = {}
+    for group in groups:  # initial_lr: the rate before the schedule scaled it
+        by_rate[group["initial_lr"]] = by_rate.get(group["initial_lr"], 0) + len(group["params"])
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as adapter:
+        vision = sum("vision_tower" in key for key in adapter.keys())
+        others = sum("vision_tower" not in key for key in adapter.keys())
+    assert vision and others
+    assert by_rate == {1e-5: vision, 1e-4: others}
 
 
 # ---- ZeRO-3: training arguments before the model -----------------------------------------------------
