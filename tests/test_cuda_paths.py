@@ -119,7 +119,19 @@ def test_upcast_trainable_parameters_only_touches_trainable_half_weights():
         scaler.unscale_(optimizer)
 
 
-# ---- processes, attention kernels ---------------------------------------------------------------------
+# ---- placement, processes, attention kernels ----------------------------------------------------------
+def test_weights_load_straight_onto_the_processs_own_device(monkeypatch):
+    from swiftlite.models.loading import default_device, placement
+
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert default_device(cuda_available=True) == "cuda:2"  # DDP: each process its own GPU
+    assert default_device(cuda_available=False) == "cpu"
+    assert placement(device="cuda:2") == {"device_map": {"": "cuda:2"}}  # no CPU copy, no .to() after
+    assert placement(device="cpu") == {}
+    assert placement(device_map="auto", device="cuda:0") == {"device_map": "auto"}
+    assert placement(device="cuda:2", placed_by_trainer=True) == {}  # ZeRO-3 / FSDP place the weights
+
+
 def test_more_processes_than_gpus_is_one_clear_error():
     from swiftlite.training.launch import check_gpus_for_processes
 
