@@ -12,4 +12,4 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
     echo "gpu_check: no CUDA GPU visible to $PYTHON (torch.cuda.is_available() is false): nothing checked"
     exit 0
 fi
-exec timeout 540 "$PYTHON" scripts/gpu_check.py
+exec timeout 480 "$PYTHON" scripts/gpu_check.py

@@ -73,20 +73,24 @@ def test_choose_dtype_auto_on_cpu_and_old_gpus():
         choose_dtype("int4")
 
 
-def test_bf16_full_fine_tune_keeps_fp32_trainable_weights(capsys, tmp_path, llava_dir, rows_file):
+@pytest.mark.parametrize("pure", [False, True])
+def test_bf16_full_fine_tune_master_weights(capsys, tmp_path, llava_dir, rows_file, pure):
     """bf16 on the CPU takes the GPU's path: bf16 weights, bf16 autocast, trainable weights upcast to fp32
-    (the frozen vision tower stays bf16), and the run trains."""
+    (the frozen vision tower stays bf16), and the run trains. With --pure_bf16 true the bf16 weights
+    themselves train, without autocast."""
     from safetensors.torch import load_file
 
     code, err = mm_sft(capsys, "--model", llava_dir, "--dataset", rows_file, "--sft_type", "full", "--dtype", "bf16",
-                       "--max_steps", 2, "--batch_size", 2, "--learning_rate", 1e-3, "--output_dir", tmp_path, *QUICK)
+                       "--pure_bf16", str(pure).lower(), "--max_steps", 2, "--batch_size", 2, "--learning_rate", 1e-3,
+                       "--output_dir", tmp_path, *QUICK)
     assert code == 0, err[-2000:]
-    assert "mm sft: precision: weights loaded in bfloat16, bf16 autocast, trainable weights in fp32" in err
+    precision = "no autocast\n" if pure else "bf16 autocast, trainable weights in fp32\n"
+    assert "mm sft: precision: weights loaded in bfloat16, " + precision in err
     checkpoint = Path(re.search(r"last_model_checkpoint: (\S+)", err).group(1))
     weights = load_file(checkpoint / "model.safetensors")
     language = [key for key in weights if "language_model" in key]
     vision = [key for key in weights if "vision_tower" in key]
-    assert {weights[key].dtype for key in language} == {torch.float32}
+    assert {weights[key].dtype for key in language} == {torch.bfloat16 if pure else torch.float32}
     assert {weights[key].dtype for key in vision} == {torch.bfloat16}
     logs = [json.loads(line) for line in (checkpoint.parent / "logging.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in logs if "loss" in log)
@@ -115,7 +119,19 @@ def test_upcast_trainable_parameters_only_touches_trainable_half_weights():
         scaler.unscale_(optimizer)
 
 
-# ---- processes, attention kernels ---------------------------------------------------------------------
+# ---- placement, processes, attention kernels ----------------------------------------------------------
+def test_weights_load_straight_onto_the_processs_own_device(monkeypatch):
+    from swiftlite.models.loading import default_device, placement
+
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert default_device(cuda_available=True) == "cuda:2"  # DDP: each process its own GPU
+    assert default_device(cuda_available=False) == "cpu"
+    assert placement(device="cuda:2") == {"device_map": {"": "cuda:2"}}  # no CPU copy, no .to() after
+    assert placement(device="cpu") == {}
+    assert placement(device_map="auto", device="cuda:0") == {"device_map": "auto"}
+    assert placement(device="cuda:2", placed_by_trainer=True) == {}  # ZeRO-3 / FSDP place the weights
+
+
 def test_more_processes_than_gpus_is_one_clear_error():
     from swiftlite.training.launch import check_gpus_for_processes
 
@@ -190,9 +206,23 @@ def test_part_learning_rate_of_a_frozen_part_is_refused(capsys, tmp_path, llava_
 
 
 def test_vit_lr_with_lora_on_the_vision_tower_trains(capsys, tmp_path, llava_dir, rows_file):
+    """An `mm sft` run's optimizer (as its checkpoint saved it) trains the vision tower's LoRA weights at --vit_lr
+    and the rest at --learning_rate."""
+    from safetensors import safe_open
+
     code, err = mm_sft(capsys, "--model", llava_dir, "--dataset", rows_file, "--freeze_vit", "false",
                        "--vit_lr", "1e-5", "--max_steps", 1, "--output_dir", tmp_path, *QUICK)
     assert code == 0, err[-2000:]
+    checkpoint = Path(re.search(r"last_model_checkpoint: (\S+)", err).group(1))
+    groups = torch.load(checkpoint / "optimizer.pt")["param_groups"]
+    by_rate = {}
+    for group in groups:  # initial_lr: the rate before the schedule scaled it
+        by_rate[group["initial_lr"]] = by_rate.get(group["initial_lr"], 0) + len(group["params"])
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as adapter:
+        vision = sum("vision_tower" in key for key in adapter.keys())
+        others = sum("vision_tower" not in key for key in adapter.keys())
+    assert vision and others
+    assert by_rate == {1e-5: vision, 1e-4: others}
 
 
 # ---- ZeRO-3: training arguments before the model -----------------------------------------------------
@@ -283,3 +313,24 @@ def test_gpu_check_without_cuda_says_so_and_exits_cleanly():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == [
         f"gpu_check: no CUDA GPU visible to {sys.executable} (torch.cuda.is_available() is false): nothing checked"]
+
+
+def test_gpu_check_stops_a_check_when_its_budget_runs_out(tmp_path, llava_dir, rows_file):
+    """Each check waits only for what is left of the budget, so the table is printed before gpu_check.sh's
+    timeout would kill the script (and the table with it); the checks after it are skipped."""
+    import time
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu_check.START = time.time() - gpu_check.BUDGET_S + 2  # two seconds left
+    long_run = ["sft", "--model", str(llava_dir), "--dataset", str(rows_file), "--max_steps", "1000",
+                "--output_dir", str(tmp_path)]
+    started = time.time()
+    gpu_check.run_check("long sft", lambda: ("ok", gpu_check.mm(*long_run).stderr))
+    assert time.time() - started < 30
+    check, result, _, _, note = gpu_check.ROWS[-1]
+    assert (check, result) == ("long sft", "FAIL")
+    assert f"the {gpu_check.BUDGET_S} s budget ran out" in note
+    gpu_check.run_check("next", lambda: ("ok", ""))
+    assert gpu_check.ROWS[-1][:2] == ("next", "skip")

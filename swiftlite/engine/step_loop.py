@@ -360,17 +360,10 @@ class StepEngine(BatchingEngine):
     def _neutral_generation_config(self) -> None:
         """The model's generation_config holds token ids only, for good (see generate.request_settings_only):
         the engine owns the model, and a per-call swap under a lock cannot work with rows taking turns."""
-        from transformers import GenerationConfig
-
-        from swiftlite.engine.generate import _TOKEN_ID_FIELDS
-
         original = getattr(self.inner, "generation_config", None)
+        self.stop_ids = self.template.stop_token_ids(original)
         if original is not None:
-            self.stop_ids = self.template.stop_token_ids(original)
-            self.inner.generation_config = GenerationConfig(
-                **{name: getattr(original, name, None) for name in _TOKEN_ID_FIELDS})
-        else:
-            self.stop_ids = self.template.stop_token_ids(None)
+            self.inner.generation_config = token_ids_only(original)
 
     # ---- a row's thread ----------------------------------------------------------------------------------
     def _before_forward(self, module, args):

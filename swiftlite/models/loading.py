@@ -134,13 +134,28 @@ def choose_dtype(requested: str | None, preferred: str = "bfloat16", device: str
     return getattr(torch, preferred)
 
 
-def default_device() -> str:
-    import torch
+def default_device(cuda_available: bool | None = None) -> str:
+    if cuda_available is None:
+        import torch
 
-    if torch.cuda.is_available():
+        cuda_available = torch.cuda.is_available()
+    if cuda_available:
         # Under torchrun each process owns the GPU of its local rank (CUDA_VISIBLE_DEVICES is honoured by torch).
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return "cpu"
+
+
+def placement(device_map=None, device: str | None = None, placed_by_trainer: bool = False) -> dict:
+    """from_pretrained's placement keywords: straight onto the device (`device_map={"": device}`, the process's
+    own GPU by default), never the CPU first and `.to(device)` after, which holds every weight in host RAM on
+    the way; `device_map` as given ('auto' spreads over GPUs); nothing when training places the weights
+    (ZeRO-3 partitions them while loading, FSDP shards when it wraps)."""
+    if device_map is not None:
+        return {"device_map": device_map}
+    if placed_by_trainer:
+        return {}
+    device = device or default_device()
+    return {} if device == "cpu" else {"device_map": {"": device}}
 
 
 # ---- loading ------------------------------------------------------------------------------------------
@@ -237,12 +252,7 @@ def load_model(model_dir: Path, family: ModelFamily, torch_dtype=None, device_ma
     auto_class = getattr(transformers, family.auto_class)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    if device_map is None and not placed_by_trainer:
-        device = device or default_device()
-        if device != "cpu":
-            device_map = {"": device}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
+    kwargs.update(placement(device_map, device, placed_by_trainer))
     if attn_impl is not None:
         kwargs["attn_implementation"] = attn_impl
     if quantization_config is not None:
