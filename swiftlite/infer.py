@@ -64,13 +64,17 @@ def infer(
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
                                       "transformers; vllm: generation with vLLM, in the chat and over --val_dataset "
                                       "(docs/infer.md#vllm).")] = "pt",
-    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", "vLLM: GPUs one model is split over.")] = 1,
-    gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", "vLLM: share of GPU memory it may take.")] = 0.9,
+    # The vLLM flags' second spellings are ms-swift 4.x's (--vllm_tensor_parallel_size, ...); 2.x and 3.x had these.
+    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", "vLLM: GPUs one model is split over.",
+                                             "--vllm_tensor_parallel_size")] = 1,
+    gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", "vLLM: share of GPU memory it may take.",
+                                                 "--vllm_gpu_memory_utilization")] = 0.9,
     max_model_len: Annotated[int | None, opt("max_model_len", "vLLM: longest prompt + reply in tokens (default: "
-                                             "the model's).")] = None,
+                                             "the model's).", "--vllm_max_model_len")] = None,
     limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", "vLLM: most media items per prompt, e.g. "
-                                                   "image=4 or '{\"image\": 4}'.")] = None,
-    enforce_eager: Annotated[bool, flag("enforce_eager", "vLLM: no CUDA graphs (starts faster, decodes slower).")] = False,
+                                                   "image=4 or '{\"image\": 4}'.", "--vllm_limit_mm_per_prompt")] = None,
+    enforce_eager: Annotated[bool, flag("enforce_eager", "vLLM: no CUDA graphs (starts faster, decodes slower).",
+                                        "vllm_enforce_eager")] = False,
     verbose: Annotated[bool, flag("verbose", "In batch mode, print each row's query, label and response.")] = False,
 ) -> None:
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -83,7 +87,8 @@ def infer(
                               limit_mm_per_prompt, enforce_eager)
     for name, value in (("max_model_len", max_model_len), ("limit_mm_per_prompt", limit_mm_per_prompt)):
         if value is not None and infer_backend != "vllm":  # mm infer on pt has no such limit to set
-            raise UserError(f"--{name} is a vLLM flag here: it needs --infer_backend vllm")
+            raise UserError(f"--{name} is a vLLM flag here (also when spelled --vllm_{name}): it needs "
+                            "--infer_backend vllm")
     if result_path and result_dir:
         raise UserError("--result_path names the result file, --result_dir its folder: give one")
     if merge_lora and not ckpt_dir:

@@ -40,6 +40,15 @@ PAIRS = [
     ("deploy", "--ckpt_dir", ["--adapters", "--infer_backend"]),
     ("deploy", "--lora_modules", ["--adapters"]),
     ("deploy", "--limit_mm_per_prompt", ["--vllm_limit_mm_per_prompt"]),
+    ("deploy", "--tensor_parallel_size", ["--vllm_tensor_parallel_size"]),
+    ("deploy", "--gpu_memory_utilization", ["--vllm_gpu_memory_utilization"]),
+    ("deploy", "--max_model_len", ["--vllm_max_model_len"]),
+    ("deploy", "--enforce_eager", ["--vllm_enforce_eager"]),
+    ("infer", "--tensor_parallel_size", ["--vllm_tensor_parallel_size"]),
+    ("infer", "--gpu_memory_utilization", ["--vllm_gpu_memory_utilization"]),
+    ("infer", "--max_model_len", ["--vllm_max_model_len"]),
+    ("infer", "--limit_mm_per_prompt", ["--vllm_limit_mm_per_prompt"]),
+    ("infer", "--enforce_eager", ["--vllm_enforce_eager"]),
     ("deploy", "--template_type", ["--template", "--torch_dtype"]),
 ]
 
@@ -81,6 +90,10 @@ def test_help_lists_both_spellings(helps, command, old, new):
     (["infer", "--load_dataset_config", "true", "--load_data_args", "false"],
      ("--load_dataset_config true", "--load_data_args false")),
     (["export", "--overwrite", "--exist_ok", "false"], ("--overwrite true", "--exist_ok false")),
+    (["deploy", "--tensor_parallel_size", "1", "--vllm_tensor_parallel_size", "2"],
+     ("--tensor_parallel_size 1", "--vllm_tensor_parallel_size 2")),
+    (["infer", "--max_model_len", "512", "--vllm-max-model-len", "1024"],
+     ("--max_model_len 512", "--vllm-max-model-len 1024")),
 ])
 def test_conflicting_spellings_are_one_error_naming_both(argv, both):
     code, _, err = run(*argv, "--model", "/nowhere")
@@ -286,7 +299,35 @@ def test_adapters_from_ms_swift_and_peft_run_on_the_named_base(qwen2_vl_dir, for
                                                   ("deploy", "--enforce_eager", "true"),
                                                   ("infer", "--gpu_memory_utilization", "0.5"),
                                                   ("infer", "--max_model_len", "512")])
-def test_vllm_flags_on_pt_say_they_need_the_vllm_backend(command, flag, value):
-    code, _, err = run(command, "--model", "/nowhere", flag, value)
-    assert code == 1
-    assert f"{flag} is a vLLM flag" in err and "needs --infer_backend vllm" in err
+@pytest.mark.parametrize("spelling", ["2.x", "4.x"])
+def test_vllm_flags_on_pt_say_they_need_the_vllm_backend(command, flag, value, spelling):
+    # ms-swift 4.x spells the vLLM flags --vllm_<name>: the same flag, and the error names both spellings.
+    given = flag if spelling == "2.x" else "--vllm_" + flag[2:]
+    code, _, err = run(command, "--model", "/nowhere", given, value)
+    assert code == 1, err
+    assert f"{flag} is a vLLM flag" in err and f"--vllm_{flag[2:]}" in err and "needs --infer_backend vllm" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_deploy_checks_vllm_max_model_len_as_its_context_limit():
+    # On deploy --max_model_len is the context limit on either backend; 4.x's --vllm_max_model_len is that flag.
+    code, _, err = run("deploy", "--model", "/nowhere", "--vllm_max_model_len", "1")
+    assert code == 1 and "--max_model_len 1: expected at least 2 tokens" in err, err
+
+
+@pytest.mark.parametrize("command", ["sft", "infer", "export", "deploy"])
+def test_docs_list_every_second_spelling(command):
+    """Each flag declared with more than one name has all of them in its command's section of docs/flags.md."""
+    import typer
+
+    from swiftlite.cli import app
+    from swiftlite.options import _spelling
+
+    text = (Path(__file__).parents[1] / "docs" / "flags.md").read_text()
+    section = text.split(f"## mm {command}\n")[1].split("\n## ")[0]
+    click_command = typer.main.get_command(app).commands[command]
+    for param in click_command.params:
+        names = {_spelling(option) for option in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]}
+        if len(names) > 1:
+            missing = [name for name in sorted(names) if f"`--{name}" not in section]
+            assert not missing, (command, param.name, missing)
