@@ -103,7 +103,7 @@ def infer(
     if not interactive:
         rows, skipped = dataset_rows(target, val_dataset, load_dataset_config, strict, seed, show_dataset_sample)
     if merge_lora:
-        ckpt_dir = merged_checkpoint(ckpt_dir)
+        ckpt_dir = merged_checkpoint(ckpt_dir, model)
         target = resolve_target(None, None, ckpt_dir, use_hf, template_type)
     writer = ResultWriter(result_base(result_dir, target), result_path) if save_result else None
     load = dict(target.load_kwargs, dtype=dtype, device_map=device_map, use_hf=use_hf, system=system,
@@ -200,7 +200,7 @@ def resolve_target(model_type, model, ckpt_dir, use_hf, template_type) -> Target
     return Target({"model_type": registered, "model_id_or_path": str(resolved.model_dir)}, resolved.model_dir, meta)
 
 
-def merged_checkpoint(ckpt_dir: str) -> str:
+def merged_checkpoint(ckpt_dir: str, base_model: str | None = None) -> str:
     """--merge_lora true: the merged directory `mm export` writes (re-used when already there)."""
     from swiftlite.models.checkpoint import read_checkpoint
 
@@ -212,7 +212,8 @@ def merged_checkpoint(ckpt_dir: str) -> str:
         from swiftlite.export import merge_lora_checkpoint
     except ImportError:
         raise UserError("--merge_lora true needs `mm export`'s LoRA merge, which this installation lacks") from None
-    merged = merge_lora_checkpoint(ckpt_dir, reuse_existing=True)  # an earlier merge of this checkpoint is re-used
+    # an earlier merge of this checkpoint is re-used; --model is the base of an adapter that records none here
+    merged = merge_lora_checkpoint(ckpt_dir, reuse_existing=True, base_model=base_model)
     print(f"[INFO:swiftlite] merged LoRA weights: {merged}", file=sys.stderr)
     return str(merged)
 

@@ -35,6 +35,7 @@ PAIRS = [
     ("infer", "--result_dir", ["--result_path", "--infer_backend"]),
     ("infer", "--template_type", ["--template", "--torch_dtype"]),
     ("export", "--ckpt_dir", ["--adapters"]),
+    ("export", "--model_id_or_path", ["--model"]),
     ("export", "--overwrite", ["--exist_ok"]),
     ("export", "--dtype", ["--torch_dtype", "--device_map"]),
     ("deploy", "--ckpt_dir", ["--adapters", "--infer_backend"]),
@@ -293,6 +294,36 @@ def test_adapters_from_ms_swift_and_peft_run_on_the_named_base(qwen2_vl_dir, for
     code, _, err = run("infer", "--adapters", ms_swift, "--val_dataset", rows, "--use_hf", "true")
     assert code == 1 and "could not download 'Qwen/Qwen2-VL-2B-Instruct'" in err and "--model" in err
     assert "Traceback" not in err
+
+
+def test_export_and_infer_merge_merge_an_ms_swift_adapter_onto_the_named_base(qwen2_vl_dir, foreign_adapters,
+                                                                             tmp_path):
+    # swift export --model BASE --adapters DIR --merge_lora true: the adapter's args.json names a hub base that is
+    # not here (offline), so --model is the base, as in `mm infer --model BASE --adapters DIR`.
+    ms_swift, _ = foreign_adapters
+    code, _, err = run("export", "--adapters", ms_swift, "--merge_lora", "true", "--output_dir", tmp_path / "none",
+                       "--use_hf", "true")
+    assert code == 1 and "could not download 'Qwen/Qwen2-VL-2B-Instruct'" in err and "--model" in err, err[-2000:]
+    merged = tmp_path / "merged"
+    code, _, err = run("export", "--model", qwen2_vl_dir, "--adapters", ms_swift, "--merge_lora", "true",
+                       "--output_dir", merged)
+    assert code == 0, err[-2000:]
+    recorded = json.loads((merged / "sft_args.json").read_text())
+    assert recorded["base_model_id_or_path"] == str(qwen2_vl_dir) and recorded["system"] == "You are a test."
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "what colour"}]}) + "\n")
+    answers = {}
+    for name, argv in (("adapter", ["--model", qwen2_vl_dir, "--adapters", ms_swift]),
+                       ("merged", ["--adapters", merged]), ("base", ["--model", qwen2_vl_dir]),
+                       ("merge_lora", ["--model", qwen2_vl_dir, "--adapters", ms_swift, "--merge_lora", "true"])):
+        result = tmp_path / f"{name}.jsonl"
+        code, _, err = run("infer", *argv, "--val_dataset", rows, "--max_new_tokens", "3", "--temperature", "0",
+                           "--result_path", result)
+        assert code == 0, err[-2000:]
+        answers[name] = json.loads(result.read_text())["response"]
+    assert answers["merged"] == answers["adapter"] == answers["merge_lora"] != answers["base"]
+    assert (ms_swift.parent / (ms_swift.name + "-merged") / "config.json").is_file()  # mm infer --merge_lora's
 
 
 @pytest.mark.parametrize("command, flag, value", [("deploy", "--tensor_parallel_size", "2"),
