@@ -120,10 +120,12 @@ def deploy(
 def resolve_flags(flags: DeployFlags) -> DeployFlags:
     """The flags as served: --infer_backend by its canonical name, --adapters split into --ckpt_dir/--lora_modules."""
     from swiftlite.infer import check_infer_backend
+    from swiftlite.models.checkpoint import checkpoint_given_as_model
 
     engine = dataclasses.replace(flags.engine, infer_backend=check_infer_backend(flags.engine.infer_backend))
     ckpt_dir, lora_modules = split_adapters(flags.model.adapters, flags.model.ckpt_dir, flags.model.lora_modules)
-    model = dataclasses.replace(flags.model, ckpt_dir=ckpt_dir, lora_modules=lora_modules, adapters=None)
+    base, ckpt_dir = checkpoint_given_as_model(flags.model.model, ckpt_dir)
+    model = dataclasses.replace(flags.model, model=base, ckpt_dir=ckpt_dir, lora_modules=lora_modules, adapters=None)
     return dataclasses.replace(flags, model=model, engine=engine)
 
 

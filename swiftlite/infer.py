@@ -99,6 +99,9 @@ def infer(
         raise UserError("--eval_human false needs rows to run: pass --val_dataset FILE or --load_dataset_config true")
 
     # Find the model and read the rows first (cheap), so that a wrong path fails before anything heavy runs.
+    from swiftlite.models.checkpoint import checkpoint_given_as_model
+
+    model, ckpt_dir = checkpoint_given_as_model(model, ckpt_dir)
     target = resolve_target(model_type, model, ckpt_dir, use_hf, template_type)
     if not interactive:
         rows, skipped = dataset_rows(target, val_dataset, load_dataset_config, strict, seed, show_dataset_sample)

@@ -27,6 +27,7 @@ PAIRS = [
     ("sft", "--dataset_test_ratio", ["--split_dataset_ratio"]),
     ("sft", "--template_type", ["--template"]),
     ("sft", "--dtype", ["--torch_dtype"]),
+    ("sft", "--quantization_bit", ["--quant_bits"]),
     ("sft", "--add_output_dir_suffix", ["--add_version"]),
     ("sft", "--model_id_or_path", ["--model"]),
     ("infer", "--ckpt_dir", ["--adapters"]),
@@ -108,6 +109,15 @@ def test_the_same_value_in_both_spellings_is_fine(tmp_path):
     code, _, err = run("sft", "--model", "/nowhere", "--sft_type", "lora", "--train_type", "lora",
                        "--dataset", tmp_path / "missing.jsonl")
     assert code == 1 and "two spellings" not in err and "missing.jsonl" in err
+
+
+def test_quantization_bit_is_quant_bits(dataset):
+    # ms-swift 2.x's --quantization_bit (default 0: not quantized) is 3.x/4.x's --quant_bits
+    code, _, err = run("sft", "--model", "/nowhere", "--quantization_bit", "3", "--dataset", dataset)
+    assert code == 1 and "--quant_bits 3: expected 4 or 8 (also when spelled --quantization_bit)" in err, err
+    code, _, err = run("sft", "--model", "/nowhere", "--quantization_bit", "0", "--sft_type", "full",
+                       "--dataset", dataset)
+    assert code == 1 and "--quant_bits" not in err and "/nowhere" in err, err  # past the flags, to the model
 
 
 @pytest.mark.parametrize("command", ["infer", "deploy"])
@@ -316,13 +326,16 @@ def test_export_and_infer_merge_merge_an_ms_swift_adapter_onto_the_named_base(qw
     answers = {}
     for name, argv in (("adapter", ["--model", qwen2_vl_dir, "--adapters", ms_swift]),
                        ("merged", ["--adapters", merged]), ("base", ["--model", qwen2_vl_dir]),
+                       # ms-swift 4.x passes a full checkpoint as --model and reads its args (here the system)
+                       ("merged_as_model", ["--model", merged]),
                        ("merge_lora", ["--model", qwen2_vl_dir, "--adapters", ms_swift, "--merge_lora", "true"])):
         result = tmp_path / f"{name}.jsonl"
         code, _, err = run("infer", *argv, "--val_dataset", rows, "--max_new_tokens", "3", "--temperature", "0",
                            "--result_path", result)
         assert code == 0, err[-2000:]
         answers[name] = json.loads(result.read_text())["response"]
-    assert answers["merged"] == answers["adapter"] == answers["merge_lora"] != answers["base"]
+    assert answers["merged"] == answers["merged_as_model"] == answers["adapter"] == answers["merge_lora"] \
+        != answers["base"]
     assert (ms_swift.parent / (ms_swift.name + "-merged") / "config.json").is_file()  # mm infer --merge_lora's
 
 
