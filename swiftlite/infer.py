@@ -72,7 +72,8 @@ def infer(
     max_model_len: Annotated[int | None, opt("max_model_len", "vLLM: longest prompt + reply in tokens (default: "
                                              "the model's).", "--vllm_max_model_len")] = None,
     limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", "vLLM: most media items per prompt, e.g. "
-                                                   "image=4 or '{\"image\": 4}'.", "--vllm_limit_mm_per_prompt")] = None,
+                                                   "image=4 or '{\"image\": 4}'.",
+                                                   "--vllm_limit_mm_per_prompt")] = None,
     enforce_eager: Annotated[bool, flag("enforce_eager", "vLLM: no CUDA graphs (starts faster, decodes slower).",
                                         "vllm_enforce_eager")] = False,
     verbose: Annotated[bool, flag("verbose", "In batch mode, print each row's query, label and response.")] = False,
