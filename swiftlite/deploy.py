@@ -67,7 +67,8 @@ def deploy(
     ssl_keyfile: Annotated[str | None, opt("ssl_keyfile", S + "serve HTTPS with this private key (with --ssl_certfile).")] = None,
     ssl_certfile: Annotated[str | None, opt("ssl_certfile", S + "serve HTTPS with this certificate (with --ssl_keyfile).")] = None,
     max_model_len: Annotated[int | None, opt("max_model_len", L + "longest prompt + completion in tokens; longer "
-                                             "requests get a 400 (default: the model's max_position_embeddings).")] = None,
+                                             "requests get a 400 (default: the model's max_position_embeddings); "
+                                             "vLLM's max_model_len too.", "--vllm_max_model_len")] = None,
     max_new_tokens: Annotated[int, opt("max_new_tokens", L + "completion length when a request gives no max_tokens.")] = 2048,
     max_request_bytes: Annotated[int, opt("max_request_bytes", L + "largest request body; larger get HTTP 413.")] = 32 * 1024 * 1024,
     limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", L + "most media per request, e.g. image=4,audio=1 "
@@ -85,10 +86,13 @@ def deploy(
                                               "--lora_modules): --adapters lora1=out/ckpt-50 lora2=out/ckpt-80.")] = None,
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
                                       "transformers; vllm: generation with vLLM (docs/deploy.md#vllm).")] = "pt",
-    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", V + "GPUs one model is split over.")] = 1,
+    # The vLLM flags' second spellings are ms-swift 4.x's (--vllm_tensor_parallel_size, ...); 2.x and 3.x had these.
+    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", V + "GPUs one model is split over.",
+                                             "--vllm_tensor_parallel_size")] = 1,
     gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", V + "share of GPU memory vLLM may take "
-                                                 "(weights and KV cache).")] = 0.9,
-    enforce_eager: Annotated[bool, flag("enforce_eager", V + "no CUDA graphs (starts faster, decodes slower).")] = False,
+                                                 "(weights and KV cache).", "--vllm_gpu_memory_utilization")] = 0.9,
+    enforce_eager: Annotated[bool, flag("enforce_eager", V + "no CUDA graphs (starts faster, decodes slower).",
+                                        "vllm_enforce_eager")] = False,
     allowed_media_domains: Annotated[list[str] | None, opt("allowed_media_domains", M + "fetch media URLs only from "
                                                            "these host names, whatever address they have (loopback "
                                                            "and private included); default: any host with a public "
@@ -116,10 +120,12 @@ def deploy(
 def resolve_flags(flags: DeployFlags) -> DeployFlags:
     """The flags as served: --infer_backend by its canonical name, --adapters split into --ckpt_dir/--lora_modules."""
     from swiftlite.infer import check_infer_backend
+    from swiftlite.models.checkpoint import checkpoint_given_as_model
 
     engine = dataclasses.replace(flags.engine, infer_backend=check_infer_backend(flags.engine.infer_backend))
     ckpt_dir, lora_modules = split_adapters(flags.model.adapters, flags.model.ckpt_dir, flags.model.lora_modules)
-    model = dataclasses.replace(flags.model, ckpt_dir=ckpt_dir, lora_modules=lora_modules, adapters=None)
+    base, ckpt_dir = checkpoint_given_as_model(flags.model.model, ckpt_dir)
+    model = dataclasses.replace(flags.model, model=base, ckpt_dir=ckpt_dir, lora_modules=lora_modules, adapters=None)
     return dataclasses.replace(flags, model=model, engine=engine)
 
 
@@ -133,7 +139,8 @@ def vllm_flags(infer_backend, tensor_parallel_size, gpu_memory_utilization, max_
                                      ("gpu_memory_utilization", gpu_memory_utilization, 0.9),
                                      ("enforce_eager", enforce_eager, False)):
             if value != default:
-                raise UserError(f"--{name} is a vLLM flag: it needs --infer_backend vllm")
+                raise UserError(f"--{name} is a vLLM flag (also when spelled --vllm_{name}): it needs "
+                                "--infer_backend vllm")
         return None
     require_vllm()
     options = VllmOptions(tensor_parallel_size, gpu_memory_utilization, max_model_len,

@@ -25,7 +25,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +43,10 @@ _EXPORT_LOCK = threading.Lock()  # one export at a time per process (the temp di
 
 # ---- the command ------------------------------------------------------------------------------------------
 def export(
+    model: Annotated[str | None, opt(
+        "model", "Base model of the adapter (local directory or hub id), for an adapter whose recorded base is not "
+        "on this machine (ms-swift 3.x/4.x: --model BASE --adapters DIR); the recorded base wins when it is here.",
+        "--model_id_or_path", "--model-id-or-path")] = None,
     ckpt_dir: Annotated[str | None, opt(
         "ckpt_dir", "Checkpoint written by `mm sft` (…/checkpoint-<step>) holding a LoRA adapter and sft_args.json.",
         "--adapters")] = None,
@@ -92,7 +96,7 @@ def export(
             "--merge_lora needs --ckpt_dir: the checkpoint-<step> directory written by `mm sft`")
     _stop_cleanly_on_sigterm()
     report = merge_checkpoint(ckpt_dir, output_dir, overwrite, device, dtype, max_shard_size, check_load=check_load,
-                              use_hf=use_hf or None, method=merge_method)
+                              use_hf=use_hf or None, method=merge_method, base_model=model)
     if report.nothing_to_merge:
         print(f"nothing to merge: {report.target} is a full checkpoint (no adapter_config.json); use it as it is:\n"
               f"  mm infer --ckpt_dir {report.target}")
@@ -127,25 +131,28 @@ class MergeReport:
 def merge_lora_checkpoint(ckpt_dir: str | Path, output_dir: str | Path | None = None, overwrite: bool = False,
                           device: str = "cpu", dtype: str | None = None, *, max_shard_size: str | int = "5GB",
                           reuse_existing: bool = False, check_load: bool = False, use_hf: bool | None = None,
-                          method: str = "auto") -> Path:
+                          method: str = "auto", base_model: str | None = None) -> Path:
     """Merge the LoRA checkpoint `ckpt_dir` into full weights; return the merged directory.
 
     A full checkpoint has nothing to merge: its own directory is returned and nothing is written. With
     `reuse_existing`, a complete earlier export of this same checkpoint at the target is returned as it is
     (what `mm infer --merge_lora true` wants); otherwise an existing target is an error unless `overwrite`.
-    `method`: "auto" (direct when the adapter allows, else peft), "direct" or "peft".
+    `method`: "auto" (direct when the adapter allows, else peft), "direct" or "peft". `base_model`: the base of
+    an adapter whose recorded one is not here (`--model`).
     """
     return merge_checkpoint(ckpt_dir, output_dir, overwrite, device, dtype, max_shard_size,
-                            reuse_existing=reuse_existing, check_load=check_load, use_hf=use_hf, method=method).target
+                            reuse_existing=reuse_existing, check_load=check_load, use_hf=use_hf, method=method,
+                            base_model=base_model).target
 
 
 def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", dtype=None, max_shard_size="5GB",
-                     reuse_existing=False, check_load=False, use_hf=None, method="auto") -> MergeReport:
+                     reuse_existing=False, check_load=False, use_hf=None, method="auto",
+                     base_model=None) -> MergeReport:
     """merge_lora_checkpoint, returning what was done (the CLI prints it)."""
     from swiftlite.models.checkpoint import resolve_checkpoint
 
     started = time.perf_counter()
-    checkpoint = _read_lora_checkpoint(ckpt_dir)
+    checkpoint = _read_lora_checkpoint(ckpt_dir, base_model)
     if not checkpoint.is_adapter:
         _note(f"nothing to merge: {checkpoint.ckpt_dir} is a full checkpoint")
         return MergeReport(checkpoint.ckpt_dir, nothing_to_merge=True)
@@ -154,6 +161,13 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
     out_dtype = _output_dtype(dtype)
     if method not in ("auto", "direct", "peft"):
         raise UserError(f"--merge_method {method}: expected auto, direct or peft")
+    recorded = checkpoint.base_model
+    if base_model and not (recorded and Path(recorded).expanduser().exists()):
+        # --model is the base of an adapter whose recorded one is not here (a hub id offline, another machine's
+        # path), as for mm infer; the merged sft_args.json then names it as the base.
+        checkpoint = replace(checkpoint, args={**checkpoint.args, "model_id_or_path": base_model})
+    elif base_model and Path(base_model).expanduser().resolve() != Path(recorded).expanduser().resolve():
+        _note(f"note: --model {base_model} ignored: {checkpoint.ckpt_dir} records its base model, {recorded}")
     resolved = resolve_checkpoint(checkpoint, use_hf)
     base_dir = resolved.model_dir
     target = Path(output_dir).expanduser().resolve() if output_dir else checkpoint.ckpt_dir.with_name(
@@ -210,21 +224,16 @@ def merge_checkpoint(ckpt_dir, output_dir=None, overwrite=False, device="cpu", d
 
 
 # ---- reading the checkpoint -------------------------------------------------------------------------------
-def _read_lora_checkpoint(ckpt_dir):
-    """The checkpoint; a bare peft adapter directory (no sft_args.json) is accepted too, via its adapter_config."""
-    from swiftlite.models.checkpoint import Checkpoint, check_checkpoint_files, read_checkpoint
+def _read_lora_checkpoint(ckpt_dir, base_model=None):
+    """The checkpoint; an adapter trained elsewhere (no sft_args.json) is accepted too: read_checkpoint takes its
+    base from ms-swift 3.x/4.x's args.json, else from peft's adapter_config.json."""
+    from swiftlite.models.checkpoint import read_checkpoint
 
-    path = Path(ckpt_dir).expanduser()
-    if (path / "adapter_config.json").is_file() and not (path / SFT_ARGS_FILE).is_file():
-        config = read_json(path / "adapter_config.json")
-        base = config.get("base_model_name_or_path")
-        if not base:
-            raise UserError(f"{path / 'adapter_config.json'}: no base_model_name_or_path and no {SFT_ARGS_FILE} "
-                            "saying which base model the adapter belongs to")
-        checkpoint = Checkpoint(path.resolve(), {"model_id_or_path": base, "sft_type": "lora"})
-        check_checkpoint_files(checkpoint)
-        return checkpoint
-    return read_checkpoint(path)
+    checkpoint = read_checkpoint(ckpt_dir)
+    if checkpoint.is_adapter and not (checkpoint.base_model or checkpoint.model_type or base_model):
+        raise UserError(f"{checkpoint.ckpt_dir / 'adapter_config.json'}: no base_model_name_or_path and no "
+                        f"{SFT_ARGS_FILE} saying which base model the adapter belongs to; name it with --model")
+    return checkpoint
 
 
 def _is_export_of(target: Path, ckpt_dir: Path) -> bool:

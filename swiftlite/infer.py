@@ -65,13 +65,18 @@ def infer(
     infer_backend: Annotated[str, opt("infer_backend", "pt (= transformers, ms-swift 4.x's name): generation with "
                                       "transformers; vllm: generation with vLLM, in the chat and over --val_dataset "
                                       "(docs/infer.md#vllm).")] = "pt",
-    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", "vLLM: GPUs one model is split over.")] = 1,
-    gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", "vLLM: share of GPU memory it may take.")] = 0.9,
+    # The vLLM flags' second spellings are ms-swift 4.x's (--vllm_tensor_parallel_size, ...); 2.x and 3.x had these.
+    tensor_parallel_size: Annotated[int, opt("tensor_parallel_size", "vLLM: GPUs one model is split over.",
+                                             "--vllm_tensor_parallel_size")] = 1,
+    gpu_memory_utilization: Annotated[float, opt("gpu_memory_utilization", "vLLM: share of GPU memory it may take.",
+                                                 "--vllm_gpu_memory_utilization")] = 0.9,
     max_model_len: Annotated[int | None, opt("max_model_len", "vLLM: longest prompt + reply in tokens (default: "
-                                             "the model's).")] = None,
+                                             "the model's).", "--vllm_max_model_len")] = None,
     limit_mm_per_prompt: Annotated[str | None, opt("limit_mm_per_prompt", "vLLM: most media items per prompt, e.g. "
-                                                   "image=4 or '{\"image\": 4}'.")] = None,
-    enforce_eager: Annotated[bool, flag("enforce_eager", "vLLM: no CUDA graphs (starts faster, decodes slower).")] = False,
+                                                   "image=4 or '{\"image\": 4}'.",
+                                                   "--vllm_limit_mm_per_prompt")] = None,
+    enforce_eager: Annotated[bool, flag("enforce_eager", "vLLM: no CUDA graphs (starts faster, decodes slower).",
+                                        "vllm_enforce_eager")] = False,
     verbose: Annotated[bool, flag("verbose", "In batch mode, print each row's query, label and response.")] = False,
 ) -> None:
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -84,7 +89,8 @@ def infer(
                               limit_mm_per_prompt, enforce_eager)
     for name, value in (("max_model_len", max_model_len), ("limit_mm_per_prompt", limit_mm_per_prompt)):
         if value is not None and infer_backend != "vllm":  # mm infer on pt has no such limit to set
-            raise UserError(f"--{name} is a vLLM flag here: it needs --infer_backend vllm")
+            raise UserError(f"--{name} is a vLLM flag here (also when spelled --vllm_{name}): it needs "
+                            "--infer_backend vllm")
     if result_path and result_dir:
         raise UserError("--result_path names the result file, --result_dir its folder: give one")
     if merge_lora and not ckpt_dir:
@@ -95,11 +101,14 @@ def infer(
         raise UserError("--eval_human false needs rows to run: pass --val_dataset FILE or --load_dataset_config true")
 
     # Find the model and read the rows first (cheap), so that a wrong path fails before anything heavy runs.
+    from swiftlite.models.checkpoint import checkpoint_given_as_model
+
+    model, ckpt_dir = checkpoint_given_as_model(model, ckpt_dir)
     target = resolve_target(model_type, model, ckpt_dir, use_hf, template_type)
     if not interactive:
         rows, skipped = dataset_rows(target, val_dataset, load_dataset_config, strict, seed, show_dataset_sample)
     if merge_lora:
-        ckpt_dir = merged_checkpoint(ckpt_dir)
+        ckpt_dir = merged_checkpoint(ckpt_dir, model)
         target = resolve_target(None, None, ckpt_dir, use_hf, template_type)
     writer = ResultWriter(result_base(result_dir, target), result_path) if save_result else None
     load = dict(target.load_kwargs, dtype=dtype, device_map=device_map, use_hf=use_hf, system=system,
@@ -200,7 +209,7 @@ def resolve_target(model_type, model, ckpt_dir, use_hf, template_type) -> Target
     return Target({"model_type": registered, "model_id_or_path": str(resolved.model_dir)}, resolved.model_dir, meta)
 
 
-def merged_checkpoint(ckpt_dir: str) -> str:
+def merged_checkpoint(ckpt_dir: str, base_model: str | None = None) -> str:
     """--merge_lora true: the merged directory `mm export` writes (re-used when already there)."""
     from swiftlite.models.checkpoint import read_checkpoint
 
@@ -212,7 +221,8 @@ def merged_checkpoint(ckpt_dir: str) -> str:
         from swiftlite.export import merge_lora_checkpoint
     except ImportError:
         raise UserError("--merge_lora true needs `mm export`'s LoRA merge, which this installation lacks") from None
-    merged = merge_lora_checkpoint(ckpt_dir, reuse_existing=True)  # an earlier merge of this checkpoint is re-used
+    # an earlier merge of this checkpoint is re-used; --model is the base of an adapter that records none here
+    merged = merge_lora_checkpoint(ckpt_dir, reuse_existing=True, base_model=base_model)
     print(f"[INFO:swiftlite] merged LoRA weights: {merged}", file=sys.stderr)
     return str(merged)
 

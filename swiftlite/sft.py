@@ -52,7 +52,8 @@ def sft(
         "default: fp32 trainable weights under bf16 autocast.")] = False,
     quant_bits: Annotated[int | None, opt(
         "quant_bits", "QLoRA: load the frozen base quantized to 4 (nf4) or 8 bits with bitsandbytes "
-        "(--sft_type lora only).")] = None,
+        "(--sft_type lora only); 0: not quantized (ms-swift 2.x's --quantization_bit default).",
+        "--quantization_bit")] = None,
     # ---- data ----
     dataset: Annotated[list[str] | None, opt(
         "dataset", "Training data: .json/.jsonl/.csv files, dataset names (`mm list datasets`) or hub ids; "
@@ -434,10 +435,10 @@ def check_cuda_flags(flags: SftFlags) -> None:
 
     check_attn_impl(flags.model.attn_impl)
     bits = flags.model.quant_bits
-    if bits is None:
+    if not bits:  # None, or 2.x's --quantization_bit 0
         return
     if bits not in (4, 8):
-        raise UserError(f"--quant_bits {bits}: expected 4 or 8")
+        raise UserError(f"--quant_bits {bits}: expected 4 or 8 (also when spelled --quantization_bit)")
     if flags.tuner.sft_type != "lora":
         raise UserError(f"--quant_bits {bits}: quantized weights cannot train; use it with --sft_type lora (QLoRA)")
     if flags.distributed.deepspeed or flags.distributed.fsdp or flags.distributed.fsdp_config:

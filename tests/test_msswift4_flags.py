@@ -27,6 +27,7 @@ PAIRS = [
     ("sft", "--dataset_test_ratio", ["--split_dataset_ratio"]),
     ("sft", "--template_type", ["--template"]),
     ("sft", "--dtype", ["--torch_dtype"]),
+    ("sft", "--quantization_bit", ["--quant_bits"]),
     ("sft", "--add_output_dir_suffix", ["--add_version"]),
     ("sft", "--model_id_or_path", ["--model"]),
     ("infer", "--ckpt_dir", ["--adapters"]),
@@ -35,11 +36,21 @@ PAIRS = [
     ("infer", "--result_dir", ["--result_path", "--infer_backend"]),
     ("infer", "--template_type", ["--template", "--torch_dtype"]),
     ("export", "--ckpt_dir", ["--adapters"]),
+    ("export", "--model_id_or_path", ["--model"]),
     ("export", "--overwrite", ["--exist_ok"]),
     ("export", "--dtype", ["--torch_dtype", "--device_map"]),
     ("deploy", "--ckpt_dir", ["--adapters", "--infer_backend"]),
     ("deploy", "--lora_modules", ["--adapters"]),
     ("deploy", "--limit_mm_per_prompt", ["--vllm_limit_mm_per_prompt"]),
+    ("deploy", "--tensor_parallel_size", ["--vllm_tensor_parallel_size"]),
+    ("deploy", "--gpu_memory_utilization", ["--vllm_gpu_memory_utilization"]),
+    ("deploy", "--max_model_len", ["--vllm_max_model_len"]),
+    ("deploy", "--enforce_eager", ["--vllm_enforce_eager"]),
+    ("infer", "--tensor_parallel_size", ["--vllm_tensor_parallel_size"]),
+    ("infer", "--gpu_memory_utilization", ["--vllm_gpu_memory_utilization"]),
+    ("infer", "--max_model_len", ["--vllm_max_model_len"]),
+    ("infer", "--limit_mm_per_prompt", ["--vllm_limit_mm_per_prompt"]),
+    ("infer", "--enforce_eager", ["--vllm_enforce_eager"]),
     ("deploy", "--template_type", ["--template", "--torch_dtype"]),
 ]
 
@@ -81,6 +92,10 @@ def test_help_lists_both_spellings(helps, command, old, new):
     (["infer", "--load_dataset_config", "true", "--load_data_args", "false"],
      ("--load_dataset_config true", "--load_data_args false")),
     (["export", "--overwrite", "--exist_ok", "false"], ("--overwrite true", "--exist_ok false")),
+    (["deploy", "--tensor_parallel_size", "1", "--vllm_tensor_parallel_size", "2"],
+     ("--tensor_parallel_size 1", "--vllm_tensor_parallel_size 2")),
+    (["infer", "--max_model_len", "512", "--vllm-max-model-len", "1024"],
+     ("--max_model_len 512", "--vllm-max-model-len 1024")),
 ])
 def test_conflicting_spellings_are_one_error_naming_both(argv, both):
     code, _, err = run(*argv, "--model", "/nowhere")
@@ -94,6 +109,15 @@ def test_the_same_value_in_both_spellings_is_fine(tmp_path):
     code, _, err = run("sft", "--model", "/nowhere", "--sft_type", "lora", "--train_type", "lora",
                        "--dataset", tmp_path / "missing.jsonl")
     assert code == 1 and "two spellings" not in err and "missing.jsonl" in err
+
+
+def test_quantization_bit_is_quant_bits(dataset):
+    # ms-swift 2.x's --quantization_bit (default 0: not quantized) is 3.x/4.x's --quant_bits
+    code, _, err = run("sft", "--model", "/nowhere", "--quantization_bit", "3", "--dataset", dataset)
+    assert code == 1 and "--quant_bits 3: expected 4 or 8 (also when spelled --quantization_bit)" in err, err
+    code, _, err = run("sft", "--model", "/nowhere", "--quantization_bit", "0", "--sft_type", "full",
+                       "--dataset", dataset)
+    assert code == 1 and "--quant_bits" not in err and "/nowhere" in err, err  # past the flags, to the model
 
 
 @pytest.mark.parametrize("command", ["infer", "deploy"])
@@ -282,11 +306,72 @@ def test_adapters_from_ms_swift_and_peft_run_on_the_named_base(qwen2_vl_dir, for
     assert "Traceback" not in err
 
 
+def test_export_and_infer_merge_merge_an_ms_swift_adapter_onto_the_named_base(qwen2_vl_dir, foreign_adapters,
+                                                                             tmp_path):
+    # swift export --model BASE --adapters DIR --merge_lora true: the adapter's args.json names a hub base that is
+    # not here (offline), so --model is the base, as in `mm infer --model BASE --adapters DIR`.
+    ms_swift, _ = foreign_adapters
+    code, _, err = run("export", "--adapters", ms_swift, "--merge_lora", "true", "--output_dir", tmp_path / "none",
+                       "--use_hf", "true")
+    assert code == 1 and "could not download 'Qwen/Qwen2-VL-2B-Instruct'" in err and "--model" in err, err[-2000:]
+    merged = tmp_path / "merged"
+    code, _, err = run("export", "--model", qwen2_vl_dir, "--adapters", ms_swift, "--merge_lora", "true",
+                       "--output_dir", merged)
+    assert code == 0, err[-2000:]
+    recorded = json.loads((merged / "sft_args.json").read_text())
+    assert recorded["base_model_id_or_path"] == str(qwen2_vl_dir) and recorded["system"] == "You are a test."
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "what colour"}]}) + "\n")
+    answers = {}
+    for name, argv in (("adapter", ["--model", qwen2_vl_dir, "--adapters", ms_swift]),
+                       ("merged", ["--adapters", merged]), ("base", ["--model", qwen2_vl_dir]),
+                       # ms-swift 4.x passes a full checkpoint as --model and reads its args (here the system)
+                       ("merged_as_model", ["--model", merged]),
+                       ("merge_lora", ["--model", qwen2_vl_dir, "--adapters", ms_swift, "--merge_lora", "true"])):
+        result = tmp_path / f"{name}.jsonl"
+        code, _, err = run("infer", *argv, "--val_dataset", rows, "--max_new_tokens", "3", "--temperature", "0",
+                           "--result_path", result)
+        assert code == 0, err[-2000:]
+        answers[name] = json.loads(result.read_text())["response"]
+    assert answers["merged"] == answers["merged_as_model"] == answers["adapter"] == answers["merge_lora"] \
+        != answers["base"]
+    assert (ms_swift.parent / (ms_swift.name + "-merged") / "config.json").is_file()  # mm infer --merge_lora's
+
+
 @pytest.mark.parametrize("command, flag, value", [("deploy", "--tensor_parallel_size", "2"),
                                                   ("deploy", "--enforce_eager", "true"),
                                                   ("infer", "--gpu_memory_utilization", "0.5"),
                                                   ("infer", "--max_model_len", "512")])
-def test_vllm_flags_on_pt_say_they_need_the_vllm_backend(command, flag, value):
-    code, _, err = run(command, "--model", "/nowhere", flag, value)
-    assert code == 1
-    assert f"{flag} is a vLLM flag" in err and "needs --infer_backend vllm" in err
+@pytest.mark.parametrize("spelling", ["2.x", "4.x"])
+def test_vllm_flags_on_pt_say_they_need_the_vllm_backend(command, flag, value, spelling):
+    # ms-swift 4.x spells the vLLM flags --vllm_<name>: the same flag, and the error names both spellings.
+    given = flag if spelling == "2.x" else "--vllm_" + flag[2:]
+    code, _, err = run(command, "--model", "/nowhere", given, value)
+    assert code == 1, err
+    assert f"{flag} is a vLLM flag" in err and f"--vllm_{flag[2:]}" in err and "needs --infer_backend vllm" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_deploy_checks_vllm_max_model_len_as_its_context_limit():
+    # On deploy --max_model_len is the context limit on either backend; 4.x's --vllm_max_model_len is that flag.
+    code, _, err = run("deploy", "--model", "/nowhere", "--vllm_max_model_len", "1")
+    assert code == 1 and "--max_model_len 1: expected at least 2 tokens" in err, err
+
+
+@pytest.mark.parametrize("command", ["sft", "infer", "export", "deploy"])
+def test_docs_list_every_second_spelling(command):
+    """Each flag declared with more than one name has all of them in its command's section of docs/flags.md."""
+    import typer
+
+    from swiftlite.cli import app
+    from swiftlite.options import _spelling
+
+    text = (Path(__file__).parents[1] / "docs" / "flags.md").read_text()
+    section = text.split(f"## mm {command}\n")[1].split("\n## ")[0]
+    click_command = typer.main.get_command(app).commands[command]
+    for param in click_command.params:
+        names = {_spelling(option) for option in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]}
+        if len(names) > 1:
+            missing = [name for name in sorted(names) if f"`--{name}" not in section]
+            assert not missing, (command, param.name, missing)

@@ -69,6 +69,15 @@ def read_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
     return checkpoint
 
 
+def checkpoint_given_as_model(model: str | None, ckpt_dir: str | None) -> tuple[str | None, str | None]:
+    """(model, ckpt_dir) as loaded: a --model directory holding sft_args.json (a full `mm sft` checkpoint, an
+    `mm export` merge), with no --ckpt_dir/--adapters, is read as that checkpoint, sft_args.json included (its
+    system, dtype, dataset split). ms-swift 3.x/4.x pass full checkpoints as --model and read their args.json."""
+    if model and not ckpt_dir and (Path(model).expanduser() / SFT_ARGS_FILE).is_file():
+        return None, model
+    return model, ckpt_dir
+
+
 def check_checkpoint_files(checkpoint: Checkpoint) -> None:
     """An adapter's config and weights (whole, finite, of its rank), or a full checkpoint's weight headers and
     tokenizer files, before any loader sees them."""
