@@ -287,3 +287,30 @@ def test_an_older_preprocessor_config_naming_a_feature_extractor_still_loads(bas
     template = bind(saved)
     assert template.image_processor is not None and template.feature_extractor is None
     assert template.encode(media_conversation("llava1_5"))["pixel_values"].shape[0] == 1
+
+
+def test_a_chat_template_in_chat_template_json_is_read(qwen2_vl_dir, tmp_path):
+    # Processors saved before chat_template.jinja kept the template in chat_template.json; transformers reads both.
+    saved = save_in_layout(qwen2_vl_dir, tmp_path / "json", "preprocessor_config")
+    jinja = saved / "chat_template.jinja"
+    template_text = jinja.read_text()
+    jinja.unlink()
+    (saved / "chat_template.json").write_text(json.dumps({"chat_template": template_text}))
+    template = bind(saved)
+    assert template.chat_template.strip() == template_text.strip()
+    conversation = media_conversation("qwen2-vl")
+    assert template.encode(conversation)["input_ids"] == bind(qwen2_vl_dir).encode(conversation)["input_ids"]
+
+
+def test_a_processor_that_changes_a_reply_token_fails_loudly(qwen2_vl_dir):
+    from swiftlite.templates import IGNORE_INDEX, TemplateError
+
+    template = bind(qwen2_vl_dir)
+    rendered = [5, 6, 7, 8, 9]
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX]
+    # The processor expanding a prompt token carries the reply's labels over to their new places...
+    carried, moved = template._carry_labels(rendered, labels, [5, 6, 6, 6, 7, 8, 9])
+    assert carried == [IGNORE_INDEX] * 4 + [7, 8, IGNORE_INDEX] and moved[0] == 0 and moved[2:] == [4, 5, 6]
+    # ...and one that rewrites a token of the reply is refused rather than trained on.
+    with pytest.raises(TemplateError, match="changed tokens of an assistant reply"):
+        template._carry_labels(rendered, labels, [5, 6, 7, 3, 9])
