@@ -29,8 +29,9 @@ from swiftlite.templates import get_template
 from swiftlite.testing.layouts import LAYOUTS, save_in_layout
 from swiftlite.testing.tiny import discover_builders
 
-# MiniCPM-V's processor cannot be built without its torchvision video processor: it is re-saved and checked in
-# the torchvision lane (scripts/test_torchvision.sh) only.
+# MiniCPM-V's official processor, which save_in_layout re-saves the checkpoint with, cannot be built by
+# transformers without its torchvision video processor: it is re-saved and checked in the torchvision lane
+# (scripts/test_torchvision.sh) only. (swiftlite builds it with a stand-in, tests/test_family_minicpm_v.py.)
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 NATIVE_MEDIA = sorted(name for name in discover_builders()
                       if set(FAMILIES[name].modalities) & {"image", "audio"} and not FAMILIES[name].remote_code
