@@ -10,8 +10,6 @@ family's media in both layouts, the server's stream giving the logprobs of its n
 
 from __future__ import annotations
 
-import importlib.util
-
 import json
 
 import httpx
@@ -29,13 +27,8 @@ from swiftlite.templates import get_template
 from swiftlite.testing.layouts import LAYOUTS, save_in_layout
 from swiftlite.testing.tiny import discover_builders
 
-# MiniCPM-V's official processor, which save_in_layout re-saves the checkpoint with, cannot be built by
-# transformers without its torchvision video processor: it is re-saved and checked in the torchvision lane
-# (scripts/test_torchvision.sh) only. (swiftlite builds it with a stand-in, tests/test_family_minicpm_v.py.)
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 NATIVE_MEDIA = sorted(name for name in discover_builders()
-                      if set(FAMILIES[name].modalities) & {"image", "audio"} and not FAMILIES[name].remote_code
-                      and (name != "minicpm_v" or HAS_TORCHVISION))
+                      if set(FAMILIES[name].modalities) & {"image", "audio"} and not FAMILIES[name].remote_code)
 # Families whose chat template renders the shared battery (PaliGemma has no chat template; Mllama's tests differ).
 BATTERY_FAMILIES = ("qwen2-vl", "qwen2_5-vl", "qwen3-vl", "llava1_5", "llava_next", "llava_onevision",
                     "internvl3", "glm4_1v", "smolvlm")

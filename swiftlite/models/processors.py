@@ -210,6 +210,8 @@ class NoVideoProcessor:
         self._image_processor = image_processor
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # copy and pickle look up dunders on an instance without its fields
+            raise AttributeError(name)
         return getattr(self._image_processor, name)
 
     def __call__(self, *args, **kwargs):
