@@ -12,5 +12,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torchvision" >
     "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 fi
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The sft -> infer -> deploy layout tests and the sft -> infer -> export loop run for three families here.
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/lane_torchvision.py tests/lane_video.py tests/test_template_fidelity.py \
-    tests/test_processor_layouts.py -k "not todays_layout or qwen2-vl or llava1_5 or minicpm_v" "$@"
+    tests/test_processor_layouts.py tests/test_families_e2e.py \
+    -k "not (sft_infer_deploy or sft_infer_export) or qwen2-vl or llava1_5 or minicpm_v" "$@"

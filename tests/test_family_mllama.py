@@ -118,6 +118,11 @@ def test_base_checkpoint_raw_format(checkpoint, bound):
                                             {"role": "assistant", "content": "a red circle"}], [RED]))
     assert trained["input_ids"][: len(raw["input_ids"])] == raw["input_ids"]
     assert trained["input_ids"][-1] == template.tokenizer.eos_token_id == trained["labels"][-1]
+    # The appended eos has its cross-attention row, as the processor gives it the text ending in that eos.
+    official = processor(text=[template.tokenizer.decode(trained["input_ids"])], images=[[RED]],
+                         add_special_tokens=False, return_tensors="pt")
+    assert trained["input_ids"] == official["input_ids"][0].tolist()
+    assert_same_tensor(trained["cross_attention_mask"], official["cross_attention_mask"], "cross_attention_mask")
 
 
 def test_train_step_generate_and_prefixes(checkpoint, bound):

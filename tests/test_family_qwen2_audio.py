@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from family_checks import check_prefixes, official_processor
+from family_checks import assert_same_logprobs, check_prefixes, official_processor
 from swiftlite.conversation import Conversation
 from swiftlite.models import FAMILIES, get_model_type
 from swiftlite.models.loading import load_model, load_tokenizer, resolve_model
@@ -213,13 +213,17 @@ def test_train_step_generate_and_prefixes(bound, model):
     assert any(n.startswith("model.language_model") for n in grads)
     model.zero_grad()
 
+    # A left-padded batch of an audio row and a text row: each row equals the row alone step by step in logprobs.
+    def params():
+        return SamplingParams(max_new_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+
     prompts = [template.encode(BATTERY["one audio"]), template.encode(BATTERY["text only"])]
-    params = [SamplingParams(max_new_tokens=4, temperature=0) for _ in prompts]
-    results = generate(model, template, prompts, params)
+    results = generate(model, template, prompts, [params() for _ in prompts])
     for row, result in zip(prompts, results):
         assert result.prompt_tokens == len(row["input_ids"]) and 1 <= len(result.token_ids) <= 4
-        alone = generate(model, template, [row], [SamplingParams(max_new_tokens=4, temperature=0)])[0]
-        assert alone.token_ids == result.token_ids
+        alone = generate(model, template, [row], [params()])[0]
+        assert_same_logprobs(result, alone, what="batched row vs the row alone")
+    assert results[0].logprobs[0]["top"] != results[1].logprobs[0]["top"]  # the audio row answers its own prompt
     check_prefixes(model, FAMILIES["qwen2-audio"])
 
 

@@ -12,7 +12,6 @@ published Qwen2-VL-7B has), saved and loaded like any checkpoint, so that output
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -60,33 +59,18 @@ def chat_model(request, model_dirs):
 
 
 def official_inputs(family, tokenizer, model_dir, messages, images):
-    """Model inputs exactly as the official processor builds them for `messages` (content-parts format)."""
+    """Model inputs exactly as the official processor builds them for `messages` (content-parts format): the
+    processor built by transformers from the directory alone, never from swiftlite's loaded tokenizer."""
     from PIL import Image
-    from transformers import AutoImageProcessor
 
-    image_processor = AutoImageProcessor.from_pretrained(model_dir)
+    from swiftlite.testing.layouts import official_processor
+
+    processor = official_processor(model_dir)
     pil = [Image.open(path).convert("RGB") for path in images]
-    if family == "llava1_5":
-        from transformers import LlavaProcessor
-
-        settings = json.loads((model_dir / "processor_config.json").read_text())
-        settings.pop("processor_class", None)
-        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   chat_template=tokenizer.chat_template, **settings)
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return dict(processor(text=[text], images=pil or None, return_tensors="pt"))
-    # Qwen2VLProcessor: each <|image_pad|> becomes grid_t*grid_h*grid_w / merge_size**2 copies, then
-    # mm_token_type_ids marks the image positions (return_mm_token_type_ids=True in the official processor).
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    image_inputs = dict(image_processor(images=pil, return_tensors="pt")) if pil else {}
-    pieces = text.split("<|image_pad|>")
-    expanded = pieces[0]
-    for index, piece in enumerate(pieces[1:]):
-        count = int(image_inputs["image_grid_thw"][index].prod()) // image_processor.merge_size ** 2
-        expanded += "<|image_pad|>" * count + piece
-    encoded = tokenizer([expanded], return_tensors="pt", add_special_tokens=False)
-    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    return dict(encoded, **image_inputs, mm_token_type_ids=(encoded["input_ids"] == image_id).long())
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    bos = processor.tokenizer.bos_token
+    return dict(processor(text=[text], images=pil or None, return_tensors="pt",
+                          add_special_tokens=not (bos is not None and text.startswith(bos))))
 
 
 def plain_generate(model, template, inputs, **settings) -> str:

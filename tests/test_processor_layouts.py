@@ -5,12 +5,10 @@ processor_config.json and writes no preprocessor_config.json; older saves have p
 every native media family, the tiny checkpoint re-saved by the official processor in each layout is loaded,
 and encodes exactly as the official processor built by transformers from that directory does. A media model
 without its processor fails at load with one line; `mm sft`, `mm infer` and `mm deploy` take every native
-family's media in today's layout (the older one is what the tiny builders write, which the other tests use).
+family's media in both layouts, the server's stream giving the logprobs of its non-streamed answer.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import json
 
@@ -29,12 +27,8 @@ from swiftlite.templates import get_template
 from swiftlite.testing.layouts import LAYOUTS, save_in_layout
 from swiftlite.testing.tiny import discover_builders
 
-# MiniCPM-V's processor cannot be built without its torchvision video processor: it is re-saved and checked in
-# the torchvision lane (scripts/test_torchvision.sh) only.
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 NATIVE_MEDIA = sorted(name for name in discover_builders()
-                      if set(FAMILIES[name].modalities) & {"image", "audio"} and not FAMILIES[name].remote_code
-                      and (name != "minicpm_v" or HAS_TORCHVISION))
+                      if set(FAMILIES[name].modalities) & {"image", "audio"} and not FAMILIES[name].remote_code)
 # Families whose chat template renders the shared battery (PaliGemma has no chat template; Mllama's tests differ).
 BATTERY_FAMILIES = ("qwen2-vl", "qwen2_5-vl", "qwen3-vl", "llava1_5", "llava_next", "llava_onevision",
                     "internvl3", "glm4_1v", "smolvlm")
@@ -183,13 +177,15 @@ def media_part(directory, family_name: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("family_name", NATIVE_MEDIA)
-def test_sft_infer_deploy_with_media_in_todays_layout(base_dirs, tmp_path, capsys, family_name):
-    # The older layout (preprocessor_config.json) is the one the tiny builders write, which
-    # tests/test_families_e2e.py and the deploy tests take through the same commands.
+def test_sft_infer_deploy_with_media_in_every_layout(base_dirs, tmp_path, capsys, family_name, layout):
+    import openai
+
+    from family_checks import assert_same_openai_logprobs
     from test_deploy_support import running_server
 
-    saved = save_in_layout(base_dirs[family_name], tmp_path / "model", "processor_config")
+    saved = save_in_layout(base_dirs[family_name], tmp_path / "model", layout)
     data = write_rows(tmp_path, family_name)
     code = main(["sft", "--model", str(saved), "--dataset", str(data), "--max_steps", "1", "--batch_size", "2",
                  "--dataset_test_ratio", "0", "--save_steps", "1", "--logging_steps", "1",
@@ -216,6 +212,21 @@ def test_sft_infer_deploy_with_media_in_todays_layout(base_dirs, tmp_path, capsy
         text_tokens = httpx.post(server.base_url + "/chat/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"]
         if family_name != "mllama":  # Mllama: one token per image (cross-attention), a dated system when text-only
             assert media_tokens > text_tokens + 1  # the media reached the model, expanded
+
+        # Stream and non-stream answers agree step by step in logprobs (the tiny checkpoints' outputs depend on
+        # the prompt, tests/test_tiny_checkpoints.py), and the media changes them.
+        client = openai.OpenAI(api_key="EMPTY", base_url=server.base_url, max_retries=0)
+        request = dict(model=family_name, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3,
+                       messages=[{"role": "user", "content": [media_part(tmp_path, family_name),
+                                                              {"type": "text", "text": "what is it?"}]}])
+        answered = client.chat.completions.create(**request).choices[0].logprobs.content
+        streamed = [step for chunk in client.chat.completions.create(stream=True, **request)
+                    if chunk.choices and chunk.choices[0].logprobs for step in chunk.choices[0].logprobs.content]
+        assert_same_openai_logprobs(streamed, answered, what=f"{family_name}: stream vs non-stream")
+        request["messages"][0]["content"] = request["messages"][0]["content"][1:]
+        text_only = client.chat.completions.create(**request).choices[0].logprobs.content
+        assert [(t.token, round(t.logprob, 4)) for t in text_only[0].top_logprobs] != [
+            (t.token, round(t.logprob, 4)) for t in answered[0].top_logprobs]
 
 
 def test_a_video_without_torchvision_is_refused_with_one_line(tmp_path, capsys, base_dirs):
@@ -270,3 +281,30 @@ def test_an_older_preprocessor_config_naming_a_feature_extractor_still_loads(bas
     template = bind(saved)
     assert template.image_processor is not None and template.feature_extractor is None
     assert template.encode(media_conversation("llava1_5"))["pixel_values"].shape[0] == 1
+
+
+def test_a_chat_template_in_chat_template_json_is_read(qwen2_vl_dir, tmp_path):
+    # Processors saved before chat_template.jinja kept the template in chat_template.json; transformers reads both.
+    saved = save_in_layout(qwen2_vl_dir, tmp_path / "json", "preprocessor_config")
+    jinja = saved / "chat_template.jinja"
+    template_text = jinja.read_text()
+    jinja.unlink()
+    (saved / "chat_template.json").write_text(json.dumps({"chat_template": template_text}))
+    template = bind(saved)
+    assert template.chat_template.strip() == template_text.strip()
+    conversation = media_conversation("qwen2-vl")
+    assert template.encode(conversation)["input_ids"] == bind(qwen2_vl_dir).encode(conversation)["input_ids"]
+
+
+def test_a_processor_that_changes_a_reply_token_fails_loudly(qwen2_vl_dir):
+    from swiftlite.templates import IGNORE_INDEX, TemplateError
+
+    template = bind(qwen2_vl_dir)
+    rendered = [5, 6, 7, 8, 9]
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX]
+    # The processor expanding a prompt token carries the reply's labels over to their new places...
+    carried, moved = template._carry_labels(rendered, labels, [5, 6, 6, 6, 7, 8, 9])
+    assert carried == [IGNORE_INDEX] * 4 + [7, 8, IGNORE_INDEX] and moved[0] == 0 and moved[2:] == [4, 5, 6]
+    # ...and one that rewrites a token of the reply is refused rather than trained on.
+    with pytest.raises(TemplateError, match="changed tokens of an assistant reply"):
+        template._carry_labels(rendered, labels, [5, 6, 7, 3, 9])

@@ -200,12 +200,33 @@ def processor_class_name(model_dir: Path) -> str | None:
     return None
 
 
+class NoVideoProcessor:
+    """Stands in for a torchvision-only video processor that cannot be built here. Some processors read video
+    settings when they are built (MiniCPM-V: slice_mode, downsample_mode): those are answered with the image
+    processor's, which they share. A video never reaches it: without torchvision one is refused before
+    encoding, with a line naming torchvision."""
+
+    def __init__(self, image_processor):
+        self._image_processor = image_processor
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # copy and pickle look up dunders on an instance without its fields
+            raise AttributeError(name)
+        return getattr(self._image_processor, name)
+
+    def __call__(self, *args, **kwargs):
+        from swiftlite.video import video_error
+
+        raise UserError(video_error("this checkpoint's processor"))
+
+
 def build_processor(processor_class: str | None, tokenizer, settings: dict, image_processor=None,
                     feature_extractor=None, video_processor=None):
     """The official processor from the parts already loaded, as ProcessorMixin.from_pretrained assembles it.
 
     Without torchvision there is no video processor; the processors that insist on one (Qwen2-VL, InternVL,
-    LLaVA-OneVision, ...) are built without it, and never see a video (one is refused before, naming torchvision).
+    LLaVA-OneVision, MiniCPM-V, ...) are built with NoVideoProcessor in its place, and never see a video (one is
+    refused before, naming torchvision).
     """
     import inspect
 
@@ -232,6 +253,8 @@ def build_processor(processor_class: str | None, tokenizer, settings: dict, imag
 
             ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = base.__name__
             cls = ImageOnlyProcessor
+            if image_processor is not None:
+                parts["video_processor"] = NoVideoProcessor(image_processor)
     accepted = set(inspect.signature(base.__init__).parameters)
     kwargs = {key: value for key, value in settings.items() if key in accepted and key not in parts}
     return cls(**parts, **kwargs)

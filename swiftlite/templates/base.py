@@ -325,12 +325,15 @@ class Template:
         input_ids = outputs["input_ids"][0].tolist()
         labels, moved = self._carry_labels(rendered_ids, labels, input_ids)
         sequences = {key: outputs[key][0].tolist() for key in self.meta.collation.sequence_keys if key in outputs}
+        positions = {key: outputs[key] for key in self.meta.media.position_tensors if key in outputs}
         eos_id = self.tokenizer.eos_token_id
         for index in sorted((moved[i] for i in insert_eos_after), reverse=True):
             input_ids.insert(index + 1, eos_id)
             labels.insert(index + 1, eos_id)
             for key, values in sequences.items():
                 values.insert(index + 1, self.meta.collation.sequence_keys[key])
+            for key, tensor in positions.items():  # the eos repeats the position of the reply's last token
+                positions[key] = tensor[:, [*range(index + 1), index, *range(index + 1, tensor.shape[1])]]
         row: dict[str, Any] = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
         if spans:
             row["labels"] = labels
@@ -338,6 +341,7 @@ class Template:
         skipped = {"input_ids", "attention_mask", *self.meta.collation.sequence_keys,
                    *self.meta.media.unused_image_keys}
         row.update({key: value for key, value in outputs.items() if key not in skipped and value is not None})
+        row.update(positions)
         if self.meta.media.row_inputs:
             row.update(self.meta.media.row_inputs(self, row))
         return row

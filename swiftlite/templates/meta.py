@@ -72,6 +72,9 @@ class MediaExpansion:
     expand_image_text: Callable[[Template, dict, int], str] | None = None
     # Processor outputs used only to count tokens, never given to the model (transformers' unused_input_names).
     unused_image_keys: tuple[str, ...] = ()
+    # Processor outputs laid out along the positions (dim 1) rather than as flat id lists (Mllama's
+    # cross_attention_mask): an eos appended after a reply repeats the position before it.
+    position_tensors: tuple[str, ...] = ()
     # Media the checkpoint's own code reads from the prompt text (Qwen-VL, Qwen-Audio): kind -> format with
     # {source}, e.g. {"image": "<img>{source}</img>"}. Each placeholder of that kind becomes the formatted path
     # or URL instead of going through an image processor.
@@ -82,7 +85,7 @@ class MediaExpansion:
     # Extra model inputs computed from the final ids (MiniCPM-V 4.7's mm_token_type_ids, CogVLM2's token types).
     extra_inputs: Callable[[Template, list[int]], dict] | None = None
     # row_inputs(template, row) -> extra inputs computed from the whole encoded row (ids, labels, media):
-    # PaliGemma's token_type_ids (1 on the labelled suffix), Mllama's cross_attention_mask (needs tile counts).
+    # PaliGemma's token_type_ids (1 on the labelled suffix).
     row_inputs: Callable[[Template, dict], dict] | None = None
 
 

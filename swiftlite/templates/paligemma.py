@@ -5,6 +5,11 @@ for training, and marks the suffix with token_type_ids 1 (the prefix attends bid
 Our prompt format renders exactly that from a conversation of one user turn (the prefix) and optionally one
 reply (the suffix: the reply, then the eos that training appends because no turn token closes it). Raw
 completion prompts get the processor's rewrite too.
+
+Not encoded through PaliGemmaProcessor's __call__ (checked against transformers 5.24): it refuses a prompt
+without images (validate_inputs: "`images` are expected"), while the base model also completes text; and it
+writes the `\n` after the whole text, so a training row would need its reply passed apart as `suffix=`,
+which the render-then-call path does not have. The expansion itself is the processor's one rule, below.
 """
 
 from __future__ import annotations

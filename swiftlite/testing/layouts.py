@@ -52,6 +52,11 @@ def official_processor(checkpoint_dir, processor_class: str | None = None, video
     parts = {"tokenizer": AutoTokenizer.from_pretrained(checkpoint_dir), "video_processor": video_processor}
     if "image_processor" in attributes:
         parts["image_processor"] = AutoImageProcessor.from_pretrained(checkpoint_dir)
+        if video_processor is None:
+            # MiniCPM-V's processor reads video settings when built: they are its image processor's.
+            from swiftlite.models.processors import NoVideoProcessor
+
+            parts["video_processor"] = NoVideoProcessor(parts["image_processor"])
     if "feature_extractor" in attributes:
         parts["feature_extractor"] = AutoFeatureExtractor.from_pretrained(checkpoint_dir)
     accepted = set(_parameters(base.__init__))
@@ -84,11 +89,15 @@ def save_in_layout(checkpoint_dir: str | Path, out_dir: str | Path, layout: str)
         if path.is_file() and path.name not in processor_files:
             shutil.copy2(path, out_dir / path.name)
     tokenizer_files = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))}
-    if "video_processor" in type(processor).get_attributes() and getattr(processor, "video_processor", None) is None:
+    from swiftlite.models.processors import NoVideoProcessor
+
+    if "video_processor" in type(processor).get_attributes() and isinstance(
+            getattr(processor, "video_processor", None), (NoVideoProcessor, type(None))):
         # save_pretrained writes every attribute: the video processor we could not build (no torchvision) is
         # left out, as a checkpoint saved without one would be. The class is official_processor's own subclass.
         attributes = [name for name in type(processor).get_attributes() if name != "video_processor"]
         type(processor).get_attributes = classmethod(lambda cls: attributes)
+        processor.video_processor = None  # nor its stand-in
     processor.save_pretrained(out_dir)
     for name, data in tokenizer_files.items():  # keep the tokenizer files exactly as the checkpoint had them
         (out_dir / name).write_bytes(data)
