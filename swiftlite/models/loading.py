@@ -220,8 +220,11 @@ def check_chat_template(model_dir: Path, chat_template) -> None:
     """A checkpoint's chat template that does not parse failed only at the first row, as a jinja2
     TemplateSyntaxError traceback: say so at load, naming the file it most likely came from."""
     from jinja2 import TemplateError
-    from transformers.utils.chat_template_utils import _compile_jinja_template
 
+    try:  # private, but the only way to parse with transformers' own tags ({% generation %}); present 5.19-5.24
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # a transformers without it: the template is still checked when first rendered
+        return
     templates = chat_template.values() if isinstance(chat_template, dict) else [chat_template]
     for template in templates:
         if not isinstance(template, str):
