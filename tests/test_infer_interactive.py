@@ -32,6 +32,29 @@ def spawn_chat(model_dir, result_dir, *flags):
     return child
 
 
+def wait_until_reading_the_terminal(pid: int, timeout: float = 30) -> None:
+    """Wait until the chat's main thread sleeps in readline's select() on the terminal. readline prints the
+    prompt just before it calls select(); a SIGINT landing between the two sets Python's flag but interrupts
+    no call, so the chat waits for the next key (CPython's readline, seen here 2 runs in 17 under load). A user
+    who presses Ctrl-C again gets out; a test sends one, so it sends it when the chat is really waiting."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/wchan") as handle:  # the kernel function the thread sleeps in
+                sleeping_in = handle.read()
+        except OSError:  # not Linux: fall back to a pause
+            sleeping_in = "0"
+        if sleeping_in == "0":  # hidden by the kernel
+            time.sleep(0.5)
+            return
+        if "poll" in sleeping_in or "select" in sleeping_in:  # poll_schedule_timeout, do_select
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the chat never waited for input within {timeout} s")
+
+
 def transcript(child) -> str:
     return ANSI.sub("", child.logfile_read.getvalue()).replace("\r\n", "\n")
 
@@ -107,6 +130,7 @@ def test_ctrl_c_and_ctrl_d_at_the_prompt_leave(llava_dir, tmp_path, key):
     # Pressed at once, while the model is still loading in the background: the session must still end cleanly.
     child = spawn_chat(llava_dir, tmp_path)
     child.expect_exact("<<< ")
+    wait_until_reading_the_terminal(child.pid)
     child.sendintr() if key == "ctrl-c" else child.sendeof()
     child.expect(pexpect.EOF)
     child.close()
