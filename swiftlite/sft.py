@@ -396,8 +396,6 @@ def check_flags(flags: SftFlags) -> SftFlags:
     if flags.optim.max_steps < -1:  # the Trainer reads any negative as "off" and trained whole epochs
         raise UserError(f"--max_steps {flags.optim.max_steps}: expected a positive number of steps, or -1 (off: "
                         "--num_train_epochs decides)")
-    if flags.optim.warmup_steps < 0:  # else TrainingArguments refuses it, after the dataset has been read
-        raise UserError(f"--warmup_steps {flags.optim.warmup_steps}: expected a number of steps >= 0")
     if flags.data.dataloader_num_workers < 0:
         raise UserError(f"--dataloader_num_workers {flags.data.dataloader_num_workers}: must be 0 or more")
     if not 0 <= flags.optim.warmup_ratio < 1:

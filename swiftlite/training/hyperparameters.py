@@ -20,6 +20,8 @@ RANGES = {
     "max_grad_norm": (0.0, True, None, "a number >= 0 (0: no clipping)"),
     "lora_dropout": (0.0, True, 1.0, "a number in [0, 1)"),
     "warmup_ratio": (0.0, True, 1.0, "a number in [0, 1)"),
+    # (else TrainingArguments refuses a negative one, after the dataset has been read)
+    "warmup_steps": (0, True, None, "a number of steps >= 0"),
     "dataset_test_ratio": (0.0, True, 1.0, "a number in [0, 1)"),
     "num_train_epochs": (0.0, False, None, "a positive number"),
     "lora_alpha": (0.0, False, None, "a positive number"),
