@@ -151,6 +151,7 @@ class Deadline:
     """
 
     def __init__(self, seconds: float):
+        self.ends = time.monotonic() + seconds  # the one deadline that the lookups, connects and reads count down
         self.stream = None  # the connection being read now (httpcore's network stream)
         self.expired = False
         self.lock = threading.Lock()
@@ -200,7 +201,7 @@ def fetch(url: str, policy, kind: str = "image") -> bytes:
 def _fetch(url: str, policy, guard: Deadline) -> bytes:
     import httpx
 
-    deadline = time.monotonic() + policy.fetch_timeout
+    deadline = guard.ends
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         target = vet(current, policy, deadline - time.monotonic())
